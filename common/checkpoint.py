@@ -1,0 +1,168 @@
+"""Atomic checkpoint files, safe loading and weights-only exports.
+
+* Writes go to a temporary file in the same folder, are fsync'ed, then ``os.replace``-d over the
+  target, so a crash mid-save leaves the previous checkpoint intact.
+* ``.pth`` files are read with ``torch.load(weights_only=True)``: a file that needs arbitrary
+  unpickling is refused (loading it could run code).
+* Weights-only exports use safetensors.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file as _load_safetensors
+from safetensors.torch import save as _safetensors_bytes
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or weights file is missing, unsafe or has an unexpected layout."""
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    # fsync the directory so the rename itself survives a power loss
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically (temp file + fsync + rename)."""
+    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
+def atomic_write_bytes(data: bytes, path: str | Path) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    _atomic_write(Path(path), lambda f: f.write(data))
+
+
+def atomic_write_text(text: str, path: str | Path) -> None:
+    atomic_write_bytes(text.encode("utf-8"), path)
+
+
+def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
+    """Save a training checkpoint atomically. ``state`` must hold only tensors and plain types."""
+    atomic_save(dict(state), path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a ``.pth`` checkpoint with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: the file is missing, or holds objects that need arbitrary unpickling.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"refusing to load {path}: it needs arbitrary unpickling, which can run code "
+            f"(weights_only=True rejected it: {first}). Re-save it as a plain state dict or safetensors."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
+    return obj
+
+
+_STATE_DICT_KEYS = ("model", "state_dict", "model_ema", "module")
+
+
+def load_weights_file(path: str | Path, *, key: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a weights file into a flat ``{name: tensor}`` state dict.
+
+    Args:
+        path: ``.safetensors`` or ``.pth``/``.pt``/``.bin`` file.
+        key: entry to take from a ``.pth`` dict; by default the first of model, state_dict,
+            model_ema, module that holds a dict, else the file itself.
+
+    Raises:
+        CheckpointError: missing file, unsafe pickle, or no state dict inside.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return _load_safetensors(str(path))
+        except Exception as exc:  # safetensors raises its own SafetensorError type
+            raise CheckpointError(f"cannot read safetensors file {path}: {exc}") from None
+    obj = load_checkpoint(path)
+    if key is not None:
+        if key not in obj or not isinstance(obj[key], Mapping):
+            raise CheckpointError(f"{path}: no state dict under key '{key}' (keys: {sorted(obj)[:10]})")
+        obj = obj[key]
+    else:
+        for k in _STATE_DICT_KEYS:
+            if isinstance(obj.get(k), Mapping):
+                obj = obj[k]
+                break
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{path}: no tensors found (top-level keys: {sorted(obj)[:10]})")
+    return tensors
+
+
+def export_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
+    """Write a weights-only safetensors file atomically (tensors copied contiguous, so shared storage is split)."""
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    atomic_write_bytes(_safetensors_bytes(tensors, metadata=metadata), path)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """RNG states of torch (CPU and CUDA), NumPy and Python, as checkpoint-safe values."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": _python_state_to_tensor(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate(_python_state_from_tensor(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_state_to_tensor(state: tuple) -> dict[str, Any]:
+    version, internal, gauss = state
+    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
+
+
+def _python_state_from_tensor(state: Mapping[str, Any]) -> tuple:
+    return (state["version"], tuple(int(x) for x in state["internal"].tolist()), state["gauss"])

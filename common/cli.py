@@ -1,0 +1,56 @@
+"""Small argparse helpers shared by the entry scripts."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+
+_logger = logging.getLogger(__name__)
+
+_TRUE = {"yes", "true", "t", "y", "1"}
+_FALSE = {"no", "false", "f", "n", "0"}
+
+
+def str2bool(value: str | bool) -> bool:
+    """argparse type for true/false flags written with a value (``--dual_view true``)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(
+        f"expected a boolean (yes/true/t/y/1 or no/false/f/n/0), got '{value}'"
+    )
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``--amp`` ("none", "bf16", "fp16", "auto") on ``device``.
+
+    CPU autocast is bf16 only: "fp16" on CPU becomes bf16 with a warning. "auto" picks bf16 on CPU and
+    on GPUs that support it, else fp16 (the behaviour of the DvXray original).
+    """
+    amp = amp.lower()
+    if amp in ("none", "off", "false", "fp32"):
+        return None
+    if amp == "auto":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        if device.type != "cuda":
+            _logger.warning("fp16 autocast is not used on CPU; using bf16 instead")
+            return torch.bfloat16
+        return torch.float16
+    raise ValueError(f"--amp: unknown value '{amp}' (choose from none, bf16, fp16, auto)")
+
+
+def warn_unused_flag(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str, why: str) -> None:
+    """Log a warning when a flag kept only for command-line compatibility is set to a non-default."""
+    if getattr(args, name) != parser.get_default(name):
+        _logger.warning("--%s is accepted for compatibility but %s", name, why)

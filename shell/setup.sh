@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Idempotent set-up: .venv with Python 3.11 and `pip install -e '.[dev]'`.
+# The install is skipped when pyproject.toml has not changed since the last successful install.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="$ROOT/.venv"
+STAMP="$VENV/.installed-pyproject.sha256"
+
+step() { printf '[setup] %s\n' "$*"; }
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+    PY=""
+    for cand in python3.11 python3 python; do
+        if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+            PY="$cand"; break
+        fi
+    done
+    if [[ -z "$PY" ]]; then
+        echo "[setup] error: Python 3.11 not found on PATH (needed to create $VENV)" >&2
+        exit 1
+    fi
+    step "creating $VENV with $($PY --version)"
+    "$PY" -m venv "$VENV"
+fi
+
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+have="$(cat "$STAMP" 2>/dev/null || true)"
+if [[ "$want" == "$have" ]]; then
+    step "dependencies up to date (pyproject.toml unchanged), skipping install"
+else
+    step "installing the project and its dependencies: pip install -e '.[dev]'"
+    start=$(date +%s)
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+    echo "$want" > "$STAMP"
+    step "install finished in $(( $(date +%s) - start )) s"
+fi
+step "ready: $("$VENV/bin/python" -c 'import torch, timm; print(f"torch {torch.__version__}, timm {timm.__version__}")')"

@@ -1,0 +1,102 @@
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    capture_rng_state,
+    export_safetensors,
+    load_checkpoint,
+    load_weights_file,
+    restore_rng_state,
+)
+
+
+class _Payload:
+    """Unpickling this would create a file: the loader must never do it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickle_payload_is_refused_and_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "bad.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "evil": _Payload(marker)}, bad)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match=r"refusing to load .*bad\.pth.*arbitrary unpickling"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="refusing"):
+        load_weights_file(bad)
+    assert not marker.exists()
+
+
+def test_atomic_save_survives_crash_mid_write(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pth"
+    atomic_save({"w": torch.ones(3)}, path)
+
+    real_save = torch.save
+
+    def crashing_save(obj, f, *a, **k):
+        f.write(b"partial garbage")
+        raise KeyboardInterrupt("killed mid-save")
+
+    monkeypatch.setattr(torch, "save", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"w": torch.zeros(3)}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.equal(load_checkpoint(path)["w"], torch.ones(3))
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pth"]  # no temp file left behind
+
+
+def test_load_weights_file_unwraps_and_reads_safetensors(tmp_path):
+    sd = {"a.weight": torch.randn(2, 3), "a.bias": torch.randn(2)}
+    torch.save({"model": sd, "epoch": 3}, tmp_path / "full.pth")
+    got = load_weights_file(tmp_path / "full.pth")
+    assert got.keys() == sd.keys() and all(torch.equal(got[k], sd[k]) for k in sd)
+    export_safetensors(sd, tmp_path / "w.safetensors")
+    got = load_weights_file(tmp_path / "w.safetensors")
+    assert all(torch.equal(got[k], sd[k]) for k in sd)
+    with pytest.raises(CheckpointError, match=r"weights file not found: .*missing\.safetensors"):
+        load_weights_file(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match=r"cannot read safetensors file .*junk"):
+        load_weights_file(tmp_path / "junk.safetensors")
+
+
+def test_rng_state_round_trips_through_a_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    state = capture_rng_state()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    atomic_save({"rng": state}, tmp_path / "r.pth")
+    torch.rand(5), np.random.rand(5), random.random()
+    restore_rng_state(load_checkpoint(tmp_path / "r.pth")["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
+
+
+def test_truncated_checkpoint_gives_one_line_error(tmp_path):
+    path = tmp_path / "trunc.pth"
+    atomic_save({"w": torch.ones(1000)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="trunc.pth"):
+        load_checkpoint(path)
+
+
+def test_pickle_module_error_type_is_what_torch_raises(tmp_path):
+    # guard: our refusal relies on torch raising UnpicklingError for disallowed globals
+    path = tmp_path / "x.pth"
+    torch.save({"p": _Payload(tmp_path / "m")}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
