@@ -83,3 +83,15 @@ def test_init_distributed_cuda_without_gpu_falls_back_with_warning(caplog, monke
         ctx = init_distributed("cuda")
     assert ctx.device.type == "cpu" and ctx.world_size == 1
     assert "no CUDA device" in caplog.text
+
+
+def test_fit_early_stopping_on_a_metric_that_stops_improving(tmp_path):
+    # "n" (number of validation samples) is constant: best at epoch 0, then no improvement
+    _, summary = run_toy(tmp_path, ctx=CPU, epochs=6, monitor="n", patience=2)
+    assert summary["stopped_early"] is True
+    assert summary["epochs_run"] == 3 and summary["best_epoch"] == 0
+
+
+def test_fit_unknown_monitor_is_a_clear_error(tmp_path):
+    with pytest.raises(KeyError, match="monitored metric 'val_mAP' not among"):
+        run_toy(tmp_path, ctx=CPU, epochs=1, monitor="mAP")
