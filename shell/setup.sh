@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up: .venv with Python 3.11 and `pip install -e '.[dev]'`.
-# The install is skipped when pyproject.toml has not changed since the last successful install.
+# The install is skipped when pyproject.toml and the set of top-level packages have not changed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -24,10 +24,12 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     "$PY" -m venv "$VENV"
 fi
 
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+# The editable install maps the package folders that exist at install time, so a new paper package
+# must trigger a re-install too: hash pyproject.toml together with the list of package folders.
+want="$( (cat pyproject.toml; ls -d */__init__.py 2>/dev/null) | sha256sum | cut -d' ' -f1)"
 have="$(cat "$STAMP" 2>/dev/null || true)"
 if [[ "$want" == "$have" ]]; then
-    step "dependencies up to date (pyproject.toml unchanged), skipping install"
+    step "dependencies up to date (pyproject.toml and package list unchanged), skipping install"
 else
     step "installing the project and its dependencies: pip install -e '.[dev]'"
     start=$(date +%s)

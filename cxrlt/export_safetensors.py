@@ -1,0 +1,42 @@
+"""Export the weights-only safetensors (like the released
+``convnextv2_base_mimic-cxr_padchest_csra_dbcas.safetensors``) from a full training checkpoint.
+
+The EMA weights are exported by default, as the original's ``model_state_dict`` holds EMA weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from common.checkpoint import export_safetensors, load_checkpoint
+from common.run import setup_logging
+from cxrlt.model import extract_state_dict
+
+_logger = logging.getLogger(__name__)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("export CXR-LT weights to safetensors", add_help=False)
+    parser.add_argument("--checkpoint", required=True, help="training checkpoint (ours or the original's); required")
+    parser.add_argument("--output", required=True, help="destination .safetensors file; required")
+    parser.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
+                        help="export the EMA weights of our checkpoints (default: true)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> Path:
+    setup_logging()
+    path = Path(args.checkpoint)
+    state = extract_state_dict(load_checkpoint(path), path, use_ema=args.use_ema)
+    out = Path(args.output)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--output must end in .safetensors, got {out}")
+    export_safetensors(state, out)
+    _logger.info("wrote %s (%d tensors, %d elements)", out, len(state), sum(v.numel() for v in state.values()))
+    return out
+
+
+if __name__ == "__main__":
+    main(argparse.ArgumentParser(parents=[get_args_parser()]).parse_args())

@@ -1,0 +1,80 @@
+"""The model card's ``predict()`` as a CLI: grey image -> 512x512 -> 3 channels -> /255 -> ImageNet
+normalisation -> sigmoid, printing the top-k as ``0.123 ClassName``.
+
+Weights come from ``--weights`` or ``$CXRLT2026_WEIGHTS`` (a local file, never a hub download). Like
+the model card (and unlike training / ``inference.py``, quirk 19) images are read as OpenCV's
+IMREAD_GRAYSCALE does, so a 16-bit PNG keeps its high byte; ``--percentile_rescale`` applies the
+training-time percentile rescale instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.dist import resolve_device
+from cxrlt.data import normalize, read_cxr, read_gray_like_cv2, resize_uint8
+from cxrlt.inference import load_any_model
+from cxrlt.model import CLASS_NAMES, resolve_weights_path
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("CXR-LT 2026 Task 1 single-image prediction", add_help=False)
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("--weights", default=None,
+                        help="safetensors or checkpoint file (default: $CXRLT2026_WEIGHTS)")
+    parser.add_argument("--topk", type=int, default=5, help="classes printed per image (default: 5)")
+    parser.add_argument("--json", action="store_true", help="print all probabilities as JSON (default: off)")
+    parser.add_argument("--image_size", type=int, default=512, help="resize side (default: 512)")
+    parser.add_argument("--percentile_rescale", action="store_true",
+                        help="decode like training (percentile rescale of 16-bit images) (default: off)")
+    parser.add_argument("--model", default="convnextv2_base", help="timm backbone (default: convnextv2_base)")
+    parser.add_argument("--device", default="cuda", help="(default: cuda, CPU when none)")
+    return parser
+
+
+def load_input(path: str | Path, size: int, percentile_rescale: bool) -> torch.Tensor:
+    """1 x 3 x size x size normalised tensor as the model card's transform builds it."""
+    if percentile_rescale:
+        arr = read_cxr(path)
+    else:
+        grey = read_gray_like_cv2(path)
+        arr = np.stack([grey] * 3, axis=-1)
+    return normalize(resize_uint8(arr, size)).unsqueeze(0)
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, path: str | Path, *, size: int = 512, device: torch.device | str = "cpu",
+            percentile_rescale: bool = False) -> dict[str, float]:
+    """Class name -> sigmoid probability for one image."""
+    x = load_input(path, size, percentile_rescale).to(device)
+    probs = torch.sigmoid(model(x).float()).squeeze(0).cpu().tolist()
+    if len(probs) != len(CLASS_NAMES):
+        raise ValueError(f"the model predicts {len(probs)} classes, expected {len(CLASS_NAMES)}")
+    return dict(zip(CLASS_NAMES, probs))
+
+
+def main(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    device = resolve_device(args.device)
+    model = load_any_model(resolve_weights_path(args.weights), args.model).to(device)
+    results = {}
+    for image in args.images:
+        results[image] = predict(model, image, size=args.image_size, device=device,
+                                 percentile_rescale=args.percentile_rescale)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for image, res in results.items():
+            if len(results) > 1:
+                print(f"== {image}")
+            for cls, p in sorted(res.items(), key=lambda kv: -kv[1])[: args.topk]:
+                print(f"{p:.3f} {cls}")
+    return results
+
+
+if __name__ == "__main__":
+    main(argparse.ArgumentParser(parents=[get_args_parser()]).parse_args())

@@ -1,0 +1,138 @@
+"""Stage 1: MIMIC-CXR 14-class pre-training with the MLP head (README "Stage 1").
+
+The original stage-1 script is not published (quirk 6). This script follows the README (head-only
+warm-up at lr 1e-3 for 3 epochs, full fine-tune with backbone lr 1e-5 / head lr 1e-4, AsymmetricLoss +
+LogitAdjustment, EMA 0.9999) and, for everything the README leaves open, the published older
+``train_standard_head.py`` (official ASL 4/0/0.05 with sum reduction and logits clamped to +-80, logit
+adjustment tau 1 in training only, AdamW eps 1e-5, fine-tune weight decay 0.05, cosine factor with floor
+0.01 and no lr warm-up, 60 fine-tune epochs, its lighter augmentation). Its best checkpoint
+``best_convnext_model.pth`` is what ``train_stage2.py --pretrained_checkpoint`` expects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from common.cli import str2bool
+from common.dist import init_distributed
+from common.engine import build_loader
+from common.run import RunDir
+from cxrlt.data import (
+    BAD_IMAGE_POLICIES,
+    UNCERTAIN_POLICIES,
+    CXRDataset,
+    EvalTransform,
+    Stage1TrainTransform,
+    read_mimic,
+)
+from cxrlt.losses import AsymmetricLoss, ClampedAsymmetricLoss, log_prior
+from cxrlt.model import MIMIC_CLASSES, StandardCXR
+from cxrlt.task import CXRTask, PhaseSettings, two_phase_fit
+
+_logger = logging.getLogger(__name__)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("CXR-LT 2026 stage 1 (MIMIC-CXR, MLP head)", add_help=False)
+    g = parser.add_argument_group("data (MIMIC-CXR-JPG layout)")
+    g.add_argument("--data_dir", required=True, help="MIMIC-CXR-JPG root holding files/ and the CSVs; required")
+    g.add_argument("--labels_csv", default=None, help="CheXpert label CSV (default: DATA_DIR/mimic-cxr-2.0.0-chexpert.csv)")
+    g.add_argument("--split_csv", default=None, help="split CSV (default: DATA_DIR/mimic-cxr-2.0.0-split.csv)")
+    g.add_argument("--train_splits", nargs="+", default=["train"], help="splits to train on (default: train)")
+    g.add_argument("--val_splits", nargs="+", default=["validate"], help="splits to validate on (default: validate)")
+    g.add_argument("--uncertain_policy", choices=UNCERTAIN_POLICIES, default="zeros",
+                   help="-1 labels: zeros (U-Zeros), ones (U-Ones) or ignore (masked from the loss); blanks are 0 "
+                        "(default: zeros)")
+    g.add_argument("--image_size", type=int, default=512, help="square input side (default: 512)")
+    g.add_argument("--batch_size", type=int, default=64, help="training batch per process (default: 64)")
+    g.add_argument("--val_batch_size", type=int, default=32, help="validation batch per process (default: 32)")
+    g.add_argument("--num_workers", type=int, default=4, help="loader workers (default: 4)")
+    g.add_argument("--bad_image", choices=BAD_IMAGE_POLICIES, default="error",
+                   help="unreadable image: error (names the file) or zeros (black image) (default: error)")
+    g.add_argument("--random_seed", type=int, default=42, help="seed of torch (seed + rank) and shuffling (default: 42)")
+
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default="convnextv2_base", help="timm backbone (default: convnextv2_base)")
+    g.add_argument("--pretrained", type=str2bool, default=True,
+                   help="timm ImageNet-22k weights (fcmae_ft_in22k_in1k) for the backbone (default: true)")
+    g.add_argument("--drop_path", type=float, default=0.2, help="backbone stochastic depth (default: 0.2)")
+    g.add_argument("--dropout", type=float, default=0.3, help="dropout of the MLP head (default: 0.3)")
+
+    g = parser.add_argument_group("schedule")
+    g.add_argument("--warmup_head_epochs", type=int, default=3, help="head-only epochs (default: 3)")
+    g.add_argument("--warmup_head_lr", type=float, default=1e-3, help="warm-up lr (default: 1e-3)")
+    g.add_argument("--warmup_weight_decay", type=float, default=0.01, help="(default: 0.01)")
+    g.add_argument("--finetune_epochs", type=int, default=60, help="full fine-tune epochs (default: 60)")
+    g.add_argument("--backbone_lr", type=float, default=1e-5, help="fine-tune backbone lr (default: 1e-5)")
+    g.add_argument("--head_lr", type=float, default=1e-4, help="fine-tune head lr (default: 1e-4)")
+    g.add_argument("--weight_decay", type=float, default=0.05, help="fine-tune weight decay, both groups (default: 0.05)")
+    g.add_argument("--min_lr_factor", type=float, default=0.01, help="floor of the cosine factor (default: 0.01)")
+    g.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping, <= 0 disables (default: 1.0)")
+    g.add_argument("--ema_decay", type=float, default=0.9999, help="EMA decay (default: 0.9999)")
+    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="fp16",
+                   help="autocast dtype; fp16 becomes bf16 on CPU (default: fp16)")
+
+    g = parser.add_argument_group("loss")
+    g.add_argument("--loss", choices=("asl_official", "asl"), default="asl_official",
+                   help="asl_official = Alibaba-MIIL ASL (sum); asl = the repo's losses.py variant (default: asl_official)")
+    g.add_argument("--gamma_neg", type=float, default=4.0, help="(default: 4)")
+    g.add_argument("--gamma_pos", type=float, default=0.0, help="(default: 0)")
+    g.add_argument("--asl_clip", type=float, default=0.05, help="(default: 0.05)")
+    g.add_argument("--la_tau", type=float, default=1.0, help="logit-adjustment tau, 0 disables (default: 1.0)")
+
+    g = parser.add_argument_group("run")
+    g.add_argument("--output_dir", default="./outputs/checkpoints", help="(default: ./outputs/checkpoints)")
+    g.add_argument("--resume", default="",
+                   help="'' = fresh, 'auto' = continue the run in --output_dir, or a phase-2 checkpoint_last.pth (default: '')")
+    g.add_argument("--device", default="cuda", help="cuda or cpu (default: cuda)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> dict:
+    ctx = init_distributed(args.device)
+    run = RunDir(args.output_dir, args, ctx)
+    torch.manual_seed(args.random_seed + ctx.rank)
+    root = Path(args.data_dir)
+    labels_csv = args.labels_csv or root / "mimic-cxr-2.0.0-chexpert.csv"
+    split_csv = args.split_csv or root / "mimic-cxr-2.0.0-split.csv"
+    kw = dict(class_names=MIMIC_CLASSES, uncertain_policy=args.uncertain_policy)
+    train = read_mimic(labels_csv, split_csv, root, splits=args.train_splits, **kw)
+    val = read_mimic(labels_csv, split_csv, root, splits=args.val_splits, **kw)
+    _logger.info("MIMIC-CXR: %d train / %d val images", len(train.paths), len(val.paths))
+
+    model = StandardCXR(len(MIMIC_CLASSES), backbone=args.model, pretrained_backbone=args.pretrained,
+                        drop_path_rate=args.drop_path, dropout=args.dropout).to(ctx.device)
+    if ctx.distributed and ctx.device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    asl_kwargs = dict(gamma_neg=args.gamma_neg, gamma_pos=args.gamma_pos, clip=args.asl_clip)
+    loss = AsymmetricLoss(**asl_kwargs) if args.loss == "asl_official" else ClampedAsymmetricLoss(**asl_kwargs)
+    task = CXRTask(model, loss, log_prior=log_prior(train.class_counts) if args.la_tau > 0 else None,
+                   tau=args.la_tau, mask_negative_targets=args.uncertain_policy == "ignore").to(ctx.device)
+
+    train_ds = CXRDataset(train.paths, train.labels, Stage1TrainTransform(args.image_size), bad_image=args.bad_image,
+                          size=args.image_size)
+    val_ds = CXRDataset(val.paths, val.labels, EvalTransform(args.image_size), bad_image=args.bad_image,
+                        size=args.image_size)
+    loader_train = build_loader(train_ds, args.batch_size, train=True, ctx=ctx, num_workers=args.num_workers,
+                                seed=args.random_seed, drop_last=True)
+    loader_val = build_loader(val_ds, args.val_batch_size, train=False, ctx=ctx, num_workers=args.num_workers)
+    settings = PhaseSettings(
+        warmup_epochs=args.warmup_head_epochs, warmup_lr=args.warmup_head_lr,
+        warmup_weight_decay=args.warmup_weight_decay, finetune_epochs=args.finetune_epochs,
+        backbone_lr=args.backbone_lr, head_lr=args.head_lr, backbone_weight_decay=args.weight_decay,
+        head_weight_decay=args.weight_decay, sched_warmup_epochs=0, min_lr_factor=args.min_lr_factor,
+        ema_decay=args.ema_decay, clip_grad=args.max_grad_norm if args.max_grad_norm > 0 else None, amp=args.amp,
+        ckpt_best="best_convnext_model.pth", resume=args.resume, warmup_best_is_bar=False,
+        class_names=MIMIC_CLASSES,
+    )
+    return two_phase_fit(task, loader_train, loader_val, settings=settings, ctx=ctx, run=run,
+                         output_dir=args.output_dir, args=args)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(parents=[get_args_parser()])
+    main(parser.parse_args())

@@ -1,0 +1,162 @@
+"""cxrlt data: decoding, PadChest / MIMIC readers and their errors, repeat factors, TTA, gating."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from common.data.errors import DataError, ParseError
+from common.data.samplers import RepeatFactorSampler
+from common.synth import mimic as synth_mimic
+from common.synth import padchest as synth_padchest
+from cxrlt.data import TrainTransform, clahe, percentile_rescale, read_cxr, read_mimic, read_padchest
+from cxrlt.inference import normal_gating
+from cxrlt.model import CLASS_NAMES, MIMIC_CLASSES
+from cxrlt.tta import merge, tta_views
+
+
+@pytest.fixture(scope="module")
+def padchest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("padchest")
+    info = synth_padchest.write(root, n=60, seed=3)
+    return root, info
+
+
+def test_percentile_rescale_formula():
+    arr = (np.arange(100 * 100, dtype=np.uint16).reshape(100, 100) * 3 + 500)
+    out = percentile_rescale(arr)
+    sample = arr.reshape(-1)[:: max(1, arr.size // 2000)].astype(np.float32)
+    lo, hi = np.percentile(sample, [0.5, 99.5])
+    expected = ((np.clip(arr, lo, hi) - lo) / (hi - lo) * 255).astype(np.uint8)
+    assert out.dtype == np.uint8 and np.abs(out.astype(int) - expected.astype(int)).max() <= 1
+    const = np.full((10, 10), 7, dtype=np.uint16)
+    assert (percentile_rescale(const) == 255).all()  # p_high == p_low: divided by the maximum
+
+
+def test_padchest_reader_honours_lists_and_groups(padchest):
+    root, info = padchest
+    split = read_padchest(info["labels_csv"], info["image_dir"], corrupted_csv=info["corrupted_csv"],
+                          removal_csv=info["removal_csv"])
+    assert split.class_names == list(CLASS_NAMES)
+    assert split.removed == 3 and len(split.train_paths) + len(split.val_paths) == 58
+    names = {p.name for p in split.train_paths + split.val_paths}
+    assert not any("corrupt" in n for n in names)
+    import pandas as pd
+    frame = pd.read_csv(info["labels_csv"]).set_index("ImageID")
+    train_pat = {frame.loc[p.name, "PatientID"] for p in split.train_paths}
+    val_pat = {frame.loc[p.name, "PatientID"] for p in split.val_paths}
+    assert train_pat.isdisjoint(val_pat)
+    img = read_cxr(split.train_paths[0])
+    assert img.shape == (64, 64, 3) and img.dtype == np.uint8 and img.max() == 255
+
+
+def test_padchest_bad_csv_errors(tmp_path, padchest):
+    root, info = padchest
+    lines = open(info["labels_csv"]).read().splitlines()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join(lines[:3] + [lines[3].rsplit(",", 1)[0] + ",2"] + lines[4:]) + "\n")
+    with pytest.raises(ParseError, match=r"bad.csv:4: column 'calcified densities': label must be 0 or 1"):
+        read_padchest(bad, info["image_dir"])
+    nometa = tmp_path / "nometa.csv"
+    nometa.write_text("ImageID,Normal\na.png,1\n")
+    with pytest.raises(ParseError, match="missing column.*PatientID"):
+        read_padchest(nometa, info["image_dir"])
+
+
+def test_bad_image_errors_name_the_file(tmp_path, padchest):
+    root, info = padchest
+    corrupt = next((root / "images").glob("*corrupt*"))
+    with pytest.raises(DataError, match="corrupt-000.png"):
+        read_cxr(corrupt)
+    with pytest.raises(DataError, match="not found: .*missing.png"):
+        read_cxr(tmp_path / "missing.png")
+    assert (read_cxr(tmp_path / "missing.png", bad_image="zeros", size=16) == 0).all()
+
+
+def test_mimic_reader_layout_and_uncertain_policies(tmp_path):
+    info = synth_mimic.write(tmp_path, n=30, seed=1)
+    kw = dict(splits=["train", "validate", "test"], class_names=MIMIC_CLASSES)
+    raw = np.genfromtxt(info["labels_csv"], delimiter=",", skip_header=1)[:, 2:]
+    n_uncertain = int((raw == -1).sum())
+    assert n_uncertain > 0
+    zeros = read_mimic(info["labels_csv"], info["split_csv"], tmp_path, uncertain_policy="zeros", **kw)
+    ones = read_mimic(info["labels_csv"], info["split_csv"], tmp_path, uncertain_policy="ones", **kw)
+    ignore = read_mimic(info["labels_csv"], info["split_csv"], tmp_path, uncertain_policy="ignore", **kw)
+    assert len(zeros.paths) == info["num_images"] and all(p.is_file() for p in zeros.paths)
+    assert zeros.paths[0].relative_to(tmp_path).parts[0] == "files"
+    assert set(np.unique(zeros.labels)) <= {0.0, 1.0} and (ignore.labels == -1).any()
+    assert ((ones.labels - zeros.labels) == (ignore.labels == -1)).all()
+
+
+def test_mimic_bad_value_error(tmp_path):
+    info = synth_mimic.write(tmp_path, n=12, seed=2)
+    text = open(info["labels_csv"]).read().splitlines()
+    parts = text[1].split(",")
+    parts[2] = "2.0"
+    text[1] = ",".join(parts)
+    open(info["labels_csv"], "w").write("\n".join(text) + "\n")
+    with pytest.raises(ParseError, match=r"chexpert.csv:2: column 'Atelectasis': label must be 1, 0, -1 or blank"):
+        read_mimic(info["labels_csv"], info["split_csv"], tmp_path, splits=["train"], class_names=MIMIC_CLASSES)
+
+
+def test_repeat_factors_match_formula():
+    labels = np.zeros((100, 3))
+    labels[:90, 0] = 1
+    labels[90:99, 1] = 1
+    labels[99, 2] = 1
+    labels[0, 2] = 1
+    sampler = RepeatFactorSampler(labels, threshold=0.1, max_repeat=10, seed=42)
+    f = np.array([90, 9, 2]) / 101
+    r_c = np.maximum(1, np.sqrt(0.1 / f))
+    expected = np.where(labels > 0.5, r_c, 1).max(1).clip(1, 10)
+    np.testing.assert_allclose(sampler.repeat_factors, expected)
+    sampler.set_epoch(3)
+    order = list(sampler)
+    assert len(order) == int(np.rint(expected).sum())
+    perm = np.random.RandomState(45).permutation(100)
+    assert order[: int(np.rint(expected[perm[0]]))] == [perm[0]] * int(np.rint(expected[perm[0]]))
+
+
+def test_train_transform_shapes_and_clahe():
+    torch.manual_seed(0)
+    arr = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    t = TrainTransform(32, p_affine=1, p_clahe=1, p_brightness=1, p_noise=1, p_dropout=1)
+    assert t(arr).shape == (3, 32, 32)
+    # a low-contrast image (values 100..140) gets stretched; the mapping stays monotone within a tile
+    flat = np.random.default_rng(1).integers(100, 141, (256, 256)).astype(np.uint8)
+    eq = clahe(flat, clip_limit=2.0, grid=8)
+    assert eq.shape == flat.shape and eq.dtype == np.uint8 and np.ptp(eq) > 2 * np.ptp(flat)
+    tile, out = flat[12:20, 12:20].ravel(), eq[12:20, 12:20].ravel()
+    order = np.argsort(tile, kind="stable")
+    assert (np.diff(out[order].astype(int)) >= 0).all()
+
+
+def test_normal_gating_code_and_readme_formulas():
+    p = np.array([[0.8, 0.5, 0.2], [0.1, 0.9, 0.4]])
+    gated = normal_gating(p, 0.5)
+    np.testing.assert_allclose(gated[:, 0], p[:, 0])
+    np.testing.assert_allclose(gated[:, 1:], p[:, 1:] * (1 - p[:, :1]) ** 0.5)
+    linear = normal_gating(p, 0.5, mode="normal_gating_linear")
+    np.testing.assert_allclose(linear[:, 1:], p[:, 1:] * (1 - 0.5 * p[:, :1]))
+
+
+def test_tta_sets_and_merge():
+    x = torch.rand(2, 3, 20, 20)
+    assert [len(tta_views(n)) for n in ("none", "flip", "light", "medium", "heavy", "flip_scale")] == [1, 2, 4, 6, 8, 6]
+    for view in tta_views("heavy") + tta_views("flip_scale"):
+        assert view(x).shape == x.shape
+    torch.testing.assert_close(tta_views("flip")[1](x), x.flip(-1))
+    logits = torch.tensor([[[0.0]], [[2.0]]])
+    p = torch.sigmoid(logits)
+    assert merge(logits, "mean").item() == pytest.approx(p.mean().item())
+    assert merge(logits, "max").item() == pytest.approx(p.max().item())
+    assert merge(logits, "gmean").item() == pytest.approx(float(torch.sqrt(p[0] * p[1])))
+    assert merge(logits, "logit_mean").item() == pytest.approx(float(torch.sigmoid(torch.tensor(1.0))))
+
+
+def test_synth_padchest_is_16bit(padchest):
+    root, info = padchest
+    first = next(p for p in (root / "images").iterdir() if "corrupt" not in p.name)
+    with Image.open(first) as img:
+        assert img.mode.startswith("I")
+        assert np.asarray(img).max() > 255
