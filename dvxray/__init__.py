@@ -1,0 +1,1 @@
+"""MCB-Convex + CoordAtt-U (MCB-U) on DvXray: dual-view multi-label X-ray classification."""

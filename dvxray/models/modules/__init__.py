@@ -1,0 +1,1 @@
+"""Neck, fusion and attention building blocks."""

@@ -1,0 +1,1 @@
+"""Losses selectable with --base_loss."""
