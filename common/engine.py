@@ -78,7 +78,13 @@ class Task(nn.Module):
 
 @dataclass
 class FitConfig:
-    """Loop settings (built from each entry script's flags by a ``*_from_args`` adaptor)."""
+    """Loop settings (built from each entry script's flags by a ``*_from_args`` adaptor).
+
+    ``resume`` is a checkpoint file, a run folder (its ``ckpt_last``, else its ``ckpt_best``) or "auto"
+    (``output_dir``'s ``ckpt_last`` when present, else start fresh). ``resume_optimizer=False`` keeps the
+    fresh optimizer state; ``resume_start_epoch`` overrides the epoch to continue at. ``eval_live=False``
+    with ``eval_ema=True`` evaluates only the EMA copy.
+    """
 
     epochs: int
     output_dir: str | Path
@@ -93,6 +99,9 @@ class FitConfig:
     ckpt_last: str = "checkpoint_last.pth"
     ckpt_best: str | None = "checkpoint_best.pth"
     resume: str | None = None
+    resume_optimizer: bool = True
+    resume_start_epoch: int | None = None
+    eval_live: bool = True
     csv_name: str | None = "log.csv"
     csv_columns: Sequence[str] | None = None
     class_names: Sequence[str] | None = None
@@ -102,6 +111,8 @@ class FitConfig:
     def __post_init__(self) -> None:
         if self.monitor_mode not in ("max", "min"):
             raise ValueError(f"monitor_mode must be 'max' or 'min', got '{self.monitor_mode}'")
+        if not (self.eval_live or self.eval_ema):
+            raise ValueError("eval_live=False needs eval_ema=True (something must be evaluated)")
         if self.accum_steps < 1:
             raise ValueError(f"accum_steps must be >= 1, got {self.accum_steps}")
 
@@ -338,10 +349,13 @@ def collect_outputs(
     (gathered from every rank, on CPU; floating outputs in float32)."""
     was_training = model.training
     model.eval()
+    # an EMA copy may live on another device than the live model (e.g. EMA kept on CPU)
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else ctx.device
     parts: dict[str, list[torch.Tensor]] = {}
     for batch in loader:
-        batch = to_device(batch, ctx.device)
-        with _autocast(ctx.device, amp_dtype):
+        batch = to_device(batch, device)
+        with _autocast(device, amp_dtype if device.type == ctx.device.type else None):
             out = predict_fn(model, batch)
         for k, v in out.items():
             v = v.detach()
@@ -349,7 +363,7 @@ def collect_outputs(
     model.train(was_training)
     if not parts:
         raise ValueError("the evaluation loader yielded no batch")
-    return {k: ctx.all_gather_cat(torch.cat(v)).cpu() for k, v in parts.items()}
+    return {k: ctx.all_gather_cat(torch.cat(v).to(ctx.device)).cpu() for k, v in parts.items()}
 
 
 def evaluate(
@@ -378,7 +392,10 @@ def _resolve_resume(resume: str | None, config: FitConfig) -> Path | None:
         return path if path.is_file() else None
     path = Path(resume)
     if path.is_dir():
-        path = path / config.ckpt_last
+        folder = path
+        path = folder / config.ckpt_last
+        if not path.is_file() and config.ckpt_best and (folder / config.ckpt_best).is_file():
+            path = folder / config.ckpt_best
     if not path.is_file():
         raise CheckpointError(f"--resume: checkpoint not found: {path}")
     return path
@@ -445,7 +462,9 @@ def fit(
     start_epoch = 0
     resume_path = _resolve_resume(config.resume, config)
     if resume_path is not None:
-        start_epoch = _load_resume(resume_path, state, scaler, callbacks)
+        start_epoch = _load_resume(resume_path, state, scaler, callbacks, load_optimizer=config.resume_optimizer)
+        if config.resume_start_epoch is not None:
+            start_epoch = config.resume_start_epoch
         _logger.info("resumed from %s: continuing at epoch %d (update %d)", resume_path, start_epoch, state.update)
         if csv_log is not None:
             csv_log.truncate_from(start_epoch)
@@ -473,9 +492,10 @@ def fit(
                                       scaler=scaler, amp_dtype=amp_dtype)
         record: dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()}}
         if data_loader_val is not None and metric_fn is not None:
-            val = evaluate(task.model, data_loader_val, predict_fn=task.predict, metric_fn=metric_fn, ctx=ctx,
-                           amp_dtype=amp_dtype)
-            record.update({f"val_{k}": v for k, v in val.items()})
+            if config.eval_live:
+                val = evaluate(task.model, data_loader_val, predict_fn=task.predict, metric_fn=metric_fn, ctx=ctx,
+                               amp_dtype=amp_dtype)
+                record.update({f"val_{k}": v for k, v in val.items()})
             if config.eval_ema:
                 val_ema = evaluate(ema.module, data_loader_val, predict_fn=task.predict, metric_fn=metric_fn,
                                    ctx=ctx, amp_dtype=amp_dtype)
@@ -574,7 +594,8 @@ def _checkpoint_state(state: FitState, scaler: torch.amp.GradScaler, callbacks: 
     }
 
 
-def _load_resume(path: Path, state: FitState, scaler: torch.amp.GradScaler, callbacks: Sequence[Any]) -> int:
+def _load_resume(path: Path, state: FitState, scaler: torch.amp.GradScaler, callbacks: Sequence[Any], *,
+                 load_optimizer: bool = True) -> int:
     ckpt = load_checkpoint(path, map_location="cpu")
     missing = [k for k in ("model", "optimizer", "epoch", "update", "rng") if k not in ckpt]
     if missing:
@@ -583,7 +604,8 @@ def _load_resume(path: Path, state: FitState, scaler: torch.amp.GradScaler, call
     full = {f"model.{k}": v for k, v in ckpt["model"].items()}
     full.update(ckpt.get("task") or {})
     task.load_state_dict(full, strict=True)
-    state.optimizer.load_state_dict(ckpt["optimizer"])
+    if load_optimizer:
+        state.optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     if state.ema is not None:

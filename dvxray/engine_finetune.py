@@ -80,10 +80,7 @@ class DvXrayTask(Task):
 
     def predict(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         img_a, img_b, target = batch
-        # the EMA copy may live on another device (--ema_device cpu): feed it there
-        device = next(model.parameters()).device
-        logits = _logits(model(img_a.to(device), img_b.to(device)))
-        return {"logits": logits.float(), "target": target.to(device)}
+        return {"logits": _logits(model(img_a, img_b)).float(), "target": target}
 
 
 def make_metric_fn(threshold: float, class_names: Sequence[str] | None):

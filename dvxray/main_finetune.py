@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from common.checkpoint import CheckpointError
 from common.cli import str2bool, warn_unused_flag
 from common.data.errors import DataError
 from common.dist import init_distributed
@@ -199,36 +199,6 @@ def loss_params_from_args(args: argparse.Namespace) -> LossParams:
     return LossParams(**{f: getattr(args, f) for f in LossParams.__dataclass_fields__})
 
 
-def resolve_resume(args: argparse.Namespace) -> str | None:
-    """``--resume`` as a checkpoint file (a folder gives checkpoint_last.pth, else checkpoint_best.pth)."""
-    if not args.resume:
-        return None
-    path = Path(args.resume)
-    if path.is_dir():
-        for name in ("checkpoint_last.pth", "checkpoint_best.pth"):
-            if (path / name).is_file():
-                return str(path / name)
-        raise CheckpointError(f"--resume {path}: folder holds neither checkpoint_last.pth nor checkpoint_best.pth")
-    if not path.is_file():
-        raise CheckpointError(f"--resume: checkpoint not found: {path}")
-    return str(path)
-
-
-def _override_resume(path: str, args: argparse.Namespace, optimizer: torch.optim.Optimizer, out_dir: Path) -> str:
-    """--resume_epoch / --resume_optimizer false: write a patched copy of the checkpoint for ``fit``.
-
-    ``common.engine.fit`` always restores epoch and optimizer; the original can override both.
-    """
-    ckpt = load_checkpoint(path)
-    if args.resume_epoch >= 0:
-        ckpt["epoch"] = args.resume_epoch - 1  # fit continues at epoch + 1
-    if not args.resume_optimizer:
-        ckpt["optimizer"] = optimizer.state_dict()
-    patched = out_dir / "resume_override.pth"
-    save_checkpoint(patched, ckpt)
-    return str(patched)
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -306,17 +276,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     else:
         schedule = ConstantSchedule(args.lr)
 
-    resume = resolve_resume(args)
-    if resume is not None and (args.resume_epoch >= 0 or not args.resume_optimizer):
-        if ctx.is_primary:
-            _override_resume(resume, args, optimizer, out_dir)
-        ctx.barrier()
-        resume = str(out_dir / "resume_override.pth")
     monitor_key = "val_mAP_ema" if args.teacher_mode else "val_mAP"
     config = FitConfig(
         epochs=args.epochs, output_dir=out_dir, amp=args.amp, monitor="mAP",
         patience=args.patience if args.patience > 0 else None,
-        eval_ema=args.teacher_mode, select_on_ema=args.teacher_mode, resume=resume,
+        eval_ema=args.teacher_mode, select_on_ema=args.teacher_mode, eval_live=not args.teacher_mode,
+        resume=args.resume or None, resume_optimizer=args.resume_optimizer,
+        resume_start_epoch=args.resume_epoch if args.resume_epoch >= 0 else None,
         csv_name="training_log.csv", csv_columns=CSV_COLUMNS, class_names=class_names,
     )
     callbacks = [TrainingLogCallback(args.epochs, monitor_key),
