@@ -1,0 +1,138 @@
+"""MGANet / XMNet leaf-vein data sets (reference: xmnet.md §4.1-4.2).
+
+Layout of ``<data_dir>/<dataset>/`` (the ``root`` below)::
+
+    labels.pkl        pickled dict: key -> 1-based class label
+    train/<id>.<ext>  images
+    test/<id>.<ext>
+    l2_mask/<id>.png  single-channel vein masks, raw pixel values
+
+Two key styles exist: ``soybean_*`` and ``hainan_leaf`` key by the integer id (the file name before
+its first dot) and name masks ``<id>.png``; ``btf`` keys by the image file name and names each mask
+exactly like its image. The style is taken from the pickle's key type. Files are listed in sorted
+order (the original uses ``os.listdir`` order, which is not reproducible across file systems).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.data.errors import DataError, ParseError
+
+LABELS_FILE = "labels.pkl"
+MASK_DIR = "l2_mask"
+SPLITS = ("train", "test")
+
+# Everything a pickle of plain dicts/lists/numbers/strings may name. Such pickles mostly need no
+# class lookup at all; sets and frozensets (and protocol-0/1 pickles) reach these via find_class.
+_SAFE_BUILTINS = frozenset({"dict", "list", "tuple", "set", "frozenset", "int", "float", "str", "bytes", "bool"})
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, source: Path):
+        super().__init__(io.BytesIO(data))
+        self._source = source
+
+    def find_class(self, module: str, name: str) -> type:
+        if module == "builtins" and name in _SAFE_BUILTINS:
+            return super().find_class(module, name)
+        raise DataError(
+            f"{self._source}: refuses to unpickle {module}.{name}; only plain Python containers, "
+            "numbers and strings are allowed"
+        )
+
+
+@dataclass(frozen=True)
+class XMNetRecord:
+    """One image of a split: its path, 0-based class label (pickle value - 1) and mask path."""
+
+    path: str
+    label: int
+    mask_path: str
+
+
+def load_labels_pkl(path: str | Path) -> dict[int | str, int]:
+    """Load ``labels.pkl`` without executing code: only builtin types may appear in it.
+
+    Args:
+        path: the pickle file.
+
+    Returns:
+        The dict as stored (keys int ids or str file names, values 1-based labels).
+
+    Raises:
+        DataError: missing or unreadable file, a non-builtin class in the pickle, not a dict, mixed
+            or unsupported key types, or a label that is not an integer >= 1.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"labels file not found: {path}")
+    try:
+        data = _PlainUnpickler(path.read_bytes(), path).load()
+    except DataError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise DataError(f"{path}: cannot unpickle: {exc}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a dict of labels, got {type(data).__name__}")
+    if not data:
+        raise DataError(f"{path}: labels dict is empty")
+    key_types = {type(k) for k in data}
+    if key_types not in ({int}, {str}):
+        names = sorted(t.__name__ for t in key_types)
+        raise DataError(f"{path}: keys must be all int ids or all str file names, found {names}")
+    for key, value in data.items():
+        if type(value) is not int or value < 1:
+            raise DataError(f"{path}: label of {key!r} is {value!r}; labels are 1-based integers")
+    return data
+
+
+def read_xmnet(root: str | Path, split: str) -> list[XMNetRecord]:
+    """List one split of a leaf-vein data set with labels and masks.
+
+    Args:
+        root: ``<data_dir>/<dataset>`` (holds ``labels.pkl``, ``train/``, ``test/``, ``l2_mask/``).
+        split: "train" or "test".
+
+    Returns:
+        One record per file in ``root/split``, sorted by file name.
+
+    Raises:
+        ValueError: unknown split.
+        DataError: a missing folder, file, label or mask (the message names it), or a bad pickle.
+        ParseError: an image name whose part before the first dot is not an integer id (the
+            id-keyed style requires one).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"read_xmnet: split must be one of {SPLITS}, got {split!r}")
+    root = Path(root)
+    image_dir, mask_dir = root / split, root / MASK_DIR
+    for folder in (image_dir, mask_dir):
+        if not folder.is_dir():
+            raise DataError(f"folder not found: {folder}")
+    labels_path = root / LABELS_FILE
+    labels = load_labels_pkl(labels_path)
+    by_name = isinstance(next(iter(labels)), str)
+    files = sorted(p for p in image_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"no images in {image_dir}")
+    records = []
+    for file in files:
+        if by_name:
+            key: int | str = file.name
+            mask = mask_dir / file.name
+        else:
+            stem = file.name.split(".")[0]
+            if not stem.isdigit():
+                raise ParseError(file, None, f"image name must start with an integer id (keys of {labels_path} are ints)")
+            key = int(stem)
+            mask = mask_dir / f"{key}.png"
+        if key not in labels:
+            raise DataError(f"{labels_path}: no label for {key!r} (image {file})")
+        if not mask.is_file():
+            raise DataError(f"mask not found: {mask} (for image {file})")
+        records.append(XMNetRecord(str(file), labels[key] - 1, str(mask)))
+    return records
