@@ -22,14 +22,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no metrics.json under {args.runs_dir}")
         return 0
     width = max(len(str(f.parent.relative_to(args.runs_dir))) for f in files)
-    print(f"{'run':<{width}}  monitor  best metrics")
+    print(f"{'run':<{width}}  monitor  best metrics (final for evaluation-only runs)")
     for f in files:
         try:
             m = json.loads(f.read_text())
         except json.JSONDecodeError as exc:
             print(f"{f}: unreadable ({exc})", file=sys.stderr)
             continue
-        best = m.get("best", m)
+        best = m.get("best") or m.get("final") or {}
         text = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in _scalar_items(best))
         print(f"{str(f.parent.relative_to(args.runs_dir)):<{width}}  {m.get('monitor', '-'):<7}  {text}")
     return 0
