@@ -55,7 +55,8 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--all", action="store_true", help="compare every registry entry (default: off)")
     parser.add_argument(
         "--dataset", default=None,
-        help="keep only entries whose dataset contains this text, case-insensitive (default: no filter)",
+        help="keep only entries whose dataset contains this text, ignoring case and punctuation "
+             "(default: the run's metrics.json 'dataset', else no filter)",
     )
     parser.add_argument(
         "--section", default="best", choices=("best", "final"),
@@ -63,7 +64,8 @@ def get_args_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--ema", action="store_true",
-        help="compare the EMA model's values (<metric>_ema keys, written with eval_ema) (default: off)",
+        help="compare the EMA model's values (<metric>_ema keys, written with eval_ema) "
+             "(default: on when the run's monitored metric is an _ema one)",
     )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
     parser.add_argument(
@@ -119,7 +121,9 @@ def _select(paper: PaperResults, names: Sequence[str] | None, all_entries: bool,
     else:
         entries = [e for e in paper.entries if e.show_by_default]
     if dataset is not None:
-        kept = [e for e in entries if dataset.lower() in e.dataset.lower()]
+        # "veri776" matches "VeRi-776", "cub200" matches "CUB-200-2011"
+        key = re.sub(r"[^0-9a-z]+", "", dataset.lower())
+        kept = [e for e in entries if key in re.sub(r"[^0-9a-z]+", "", e.dataset.lower())]
         if not kept:
             datasets = sorted({e.dataset for e in entries})
             raise CompareError(f"no {paper.paper} entry matches --dataset {dataset!r}; datasets: {' | '.join(datasets)}")
@@ -282,10 +286,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         paper = load_paper(args.paper, args.results_dir)
-        entries = _select(paper, args.entry, args.all, args.dataset)
         data, path = read_metrics(args.run_dir)
+        # a run records its data set and whether it selected on the EMA model: use them unless told
+        dataset = args.dataset
+        if dataset is None and not args.entry and isinstance(data.get("dataset"), str):
+            dataset = data["dataset"]
+        entries = _select(paper, args.entry, args.all, dataset)
+        ema = args.ema or str(data.get("monitor", "")).endswith("_ema")
         result = compare(data, paper, entries=entries, section=args.section, path=path,
-                         strict=bool(args.entry), ema=args.ema)
+                         strict=bool(args.entry), ema=ema)
     except (CompareError, ResultsError) as err:
         print(f"compare: error: {err}", file=sys.stderr)
         return 2

@@ -105,6 +105,7 @@ class FitConfig:
     csv_name: str | None = "log.csv"
     csv_columns: Sequence[str] | None = None
     class_names: Sequence[str] | None = None
+    dataset: str | None = None
     find_unused_parameters: bool = False
     progress: bool = True
 
@@ -562,6 +563,8 @@ def fit(
     }
     if config.class_names is not None:
         summary["class_names"] = list(config.class_names)
+    if config.dataset is not None:
+        summary["dataset"] = config.dataset
     run.write_json("metrics.json", summary)
     return summary
 

@@ -255,7 +255,7 @@ def train_from_config(cfg: ExperimentConfig, *, task_type: str, gpu: int = 0, re
     config = FitConfig(
         epochs=t.num_epochs, output_dir=cfg.save_dir, amp=t.amp, clip_grad=t.clip_grad, accum_steps=t.accum_steps,
         monitor="acc1" if cfg.task_type == "fgvc" else "mAP", monitor_mode="max", resume=resume,
-        class_names=class_names, find_unused_parameters=False,
+        class_names=class_names, dataset=cfg.data.dataset_name, find_unused_parameters=False,
     )
     metric_fn = fgvc_metrics if cfg.task_type == "fgvc" else reid_metrics
     return fit(task, optimizer, loader_train, config=config, ctx=ctx, run=run, schedule=schedule,

@@ -247,3 +247,22 @@ def test_compare_notes_missing_per_class_data(tmp_path, capsys):
     gun = next(r for r in out["rows"] if r["class"] == "Gun")
     assert gun["run"] is None and gun["delta"] is None
     assert "dagnet_ourv3_convnext_test: class 'Gun' not among the run's class names" in out["notes"]
+
+
+def test_compare_uses_the_runs_dataset_and_ema_selection(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({
+        "monitor": "mAP", "dataset": "market1501",
+        "best": {"mAP": 0.5, "rank1": 0.6}, "final": {"mAP": 0.5, "rank1": 0.6}}))
+    assert main([str(run), "--paper", "dcal", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert {r["dataset"] for r in rows} == {"Market-1501"}
+    assert {r["metric"]: r["run"] for r in rows} == {"rank1": 0.6, "mAP": 0.5}
+
+    (run / "metrics.json").write_text(json.dumps({
+        "monitor": "mAP_ema", "best": {"mAP_ema": 0.8}, "final": {"mAP_ema": 0.8}}))
+    assert main([str(run), "--paper", "dvxray", "--entry", "mcbu", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert row["run_key"] == "mAP_ema" and row["run"] == 0.8
+    assert row["delta"] == pytest.approx(0.8 - 0.9334)

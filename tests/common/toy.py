@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from common.engine import FitConfig, Task, build_loader, fit, updates_per_epoch
 from common.ema import ModelEma
+from common.engine import FitConfig, Task, build_loader, fit, updates_per_epoch
 from common.optim import build_optimizer, param_groups
 from common.run import RunDir
 from common.schedule import WarmupCosineSchedule
