@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -54,3 +58,25 @@ def warn_unused_flag(parser: argparse.ArgumentParser, args: argparse.Namespace, 
     """Log a warning when a flag kept only for command-line compatibility is set to a non-default."""
     if getattr(args, name) != parser.get_default(name):
         _logger.warning("--%s is accepted for compatibility but %s", name, why)
+
+
+# User-input problems (bad flag values, missing or malformed files, unsafe checkpoints) surface as
+# ValueError / OSError subclasses with a message naming the flag, file or line at fault.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+
+
+def run_main(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> Any:
+    """Call an entry script's ``main(args)``; a user-input error or a non-finite loss ends the process
+    with a one-line ``error: ...`` message and exit status 1 instead of a traceback.
+
+    Set ``TRACEBACK=1`` in the environment to get the full traceback for debugging.
+    """
+    from common.engine import NonFiniteLossError
+
+    try:
+        return main(args)
+    except (*USER_ERRORS, NonFiniteLossError) as exc:
+        if os.environ.get("TRACEBACK", "") not in ("", "0"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

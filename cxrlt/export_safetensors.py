@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from common.checkpoint import export_safetensors, load_checkpoint
+from common.cli import run_main
 from common.run import setup_logging
 from cxrlt.model import extract_state_dict
 
@@ -39,4 +40,4 @@ def main(args: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
-    main(argparse.ArgumentParser(parents=[get_args_parser()]).parse_args())
+    run_main(main, argparse.ArgumentParser(parents=[get_args_parser()]).parse_args())

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from common.checkpoint import load_checkpoint, load_weights_file
+from common.cli import run_main
 from common.data.lists import read_csv
 from common.dist import resolve_device
 from common.run import setup_logging
@@ -168,4 +169,4 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    main(argparse.ArgumentParser(parents=[get_args_parser()]).parse_args())
+    run_main(main, argparse.ArgumentParser(parents=[get_args_parser()]).parse_args())

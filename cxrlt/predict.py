@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.cli import run_main
 from common.dist import resolve_device
 from cxrlt.data import normalize, read_cxr, read_gray_like_cv2, resize_uint8
 from cxrlt.inference import load_any_model
@@ -77,4 +78,4 @@ def main(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
 
 if __name__ == "__main__":
-    main(argparse.ArgumentParser(parents=[get_args_parser()]).parse_args())
+    run_main(main, argparse.ArgumentParser(parents=[get_args_parser()]).parse_args())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from common.cli import str2bool
+from common.cli import run_main, str2bool
 from common.dist import init_distributed
 from common.engine import build_loader
 from common.run import RunDir
@@ -135,4 +135,4 @@ def main(args: argparse.Namespace) -> dict:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(parents=[get_args_parser()])
-    main(parser.parse_args())
+    run_main(main, parser.parse_args())

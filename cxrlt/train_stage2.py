@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from common.cli import str2bool
+from common.cli import run_main, str2bool
 from common.data.samplers import RepeatFactorSampler
 from common.dist import init_distributed
 from common.engine import build_loader
@@ -193,4 +193,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(parents=[get_args_parser()])
     args = parser.parse_args()
     check_args(parser, args)
-    main(args)
+    run_main(main, args)

@@ -14,13 +14,11 @@ applied no gain).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from common.checkpoint import CheckpointError, load_checkpoint
-from common.cli import str2bool
-from common.data.errors import DataError
+from common.cli import run_main, str2bool
 from common.dist import init_distributed
 from common.engine import build_loader, evaluate
 from common.run import CsvLog, setup_logging
@@ -100,8 +98,4 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 if __name__ == "__main__":
     _args = argparse.ArgumentParser(parents=[get_args_parser()]).parse_args()
-    try:
-        main(_args)
-    except (DataError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main, _args)

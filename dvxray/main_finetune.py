@@ -16,16 +16,13 @@ from __future__ import annotations
 import argparse
 import logging
 import random
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from common.checkpoint import CheckpointError
-from common.cli import str2bool, warn_unused_flag
-from common.data.errors import DataError
+from common.cli import run_main, str2bool, warn_unused_flag
 from common.dist import init_distributed
 from common.ema import ModelEma
 from common.engine import FitConfig, build_loader, fit, updates_per_epoch
@@ -284,6 +281,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         resume=args.resume or None, resume_optimizer=args.resume_optimizer,
         resume_start_epoch=args.resume_epoch if args.resume_epoch >= 0 else None,
         csv_name="training_log.csv", csv_columns=CSV_COLUMNS, class_names=class_names,
+        # the PAN's N4/N5 outputs and the backbone's final norm are built (as in the original) but the
+        # classifier reads N3 only, so DDP must tolerate parameters without gradients
+        find_unused_parameters=True,
     )
     callbacks = [TrainingLogCallback(args.epochs, monitor_key),
                  AugmentationCallback(policy, "per_class_ap_ema" if args.teacher_mode else "per_class_ap")]
@@ -299,8 +299,4 @@ if __name__ == "__main__":
     _parser = argparse.ArgumentParser(parents=[get_args_parser()])
     _args = _parser.parse_args()
     check_args(_parser, _args)
-    try:
-        main(_args)
-    except (DataError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main, _args)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from common.cli import run_main
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("DCAL fine-grained visual categorisation (FGVC) training", add_help=False)
@@ -32,4 +34,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(argparse.ArgumentParser(parents=[get_args_parser()]).parse_args())
+    run_main(main, argparse.ArgumentParser(parents=[get_args_parser()]).parse_args())

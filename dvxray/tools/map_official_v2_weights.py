@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from common.checkpoint import CheckpointError, export_safetensors, load_checkpoint
+from common.cli import run_main
 
 
 def load_raw_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -143,8 +143,4 @@ def main(args: argparse.Namespace) -> dict[str, torch.Tensor]:
 
 if __name__ == "__main__":
     _parser = argparse.ArgumentParser(parents=[get_args_parser()])
-    try:
-        main(_parser.parse_args())
-    except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main, _parser.parse_args())

@@ -1,0 +1,43 @@
+import argparse
+
+import pytest
+import torch
+
+from common.cli import resolve_amp, run_main
+from common.data.errors import DataError
+
+
+def _fails(args):
+    raise DataError("list file not found: /x/train.txt")
+
+
+def test_run_main_turns_user_errors_into_one_line(capsys, monkeypatch):
+    monkeypatch.delenv("TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        run_main(_fails, argparse.Namespace())
+    assert exc.value.code == 1
+    assert capsys.readouterr().err == "error: list file not found: /x/train.txt\n"
+
+
+def test_run_main_keeps_traceback_when_asked_and_passes_results(monkeypatch):
+    monkeypatch.setenv("TRACEBACK", "1")
+    with pytest.raises(DataError):
+        run_main(_fails, argparse.Namespace())
+    assert run_main(lambda a: a.x + 1, argparse.Namespace(x=1)) == 2
+
+
+def test_run_main_does_not_hide_programming_errors():
+    def buggy(args):
+        raise TypeError("bug")
+
+    with pytest.raises(TypeError):
+        run_main(buggy, argparse.Namespace())
+
+
+def test_resolve_amp_never_uses_fp16_on_cpu():
+    cpu = torch.device("cpu")
+    assert resolve_amp("fp16", cpu) is torch.bfloat16
+    assert resolve_amp("bf16", cpu) is torch.bfloat16
+    assert resolve_amp("none", cpu) is None
+    with pytest.raises(ValueError, match="--amp: unknown value 'fp8'"):
+        resolve_amp("fp8", cpu)
