@@ -11,13 +11,12 @@ Writes under ``out_dir``:
 
 from __future__ import annotations
 
-import csv
 import io
 from pathlib import Path
 
 import numpy as np
 
-from common.synth.render import render_multilabel, write_bytes, write_text
+from common.synth.render import render_multilabel, write_bytes, write_csv
 
 CLASS_NAMES = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
@@ -88,17 +87,10 @@ def write(out_dir: Path, n: int = 200, seed: int = 0) -> dict:
                 split_rows.append([dicom, study, subject, split])
                 images += 1
 
-    def _csv(header: list[str], body: list[list]) -> str:
-        out = io.StringIO()
-        w = csv.writer(out, lineterminator="\n")
-        w.writerow(header)
-        w.writerows(body)
-        return out.getvalue()
-
     labels_csv = out_dir / "mimic-cxr-2.0.0-chexpert.csv"
     split_csv = out_dir / "mimic-cxr-2.0.0-split.csv"
-    write_text(labels_csv, _csv(["subject_id", "study_id", *CLASS_NAMES], label_rows))
-    write_text(split_csv, _csv(["dicom_id", "study_id", "subject_id", "split"], split_rows))
+    write_csv(labels_csv, ["subject_id", "study_id", *CLASS_NAMES], label_rows)
+    write_csv(split_csv, ["dicom_id", "study_id", "subject_id", "split"], split_rows)
     return {
         "labels_csv": str(labels_csv),
         "split_csv": str(split_csv),

@@ -12,14 +12,13 @@ Writes under ``out_dir``:
 
 from __future__ import annotations
 
-import csv
 import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from common.synth.render import render_multilabel, save_png, write_bytes, write_text
+from common.synth.render import render_multilabel, save_png, write_bytes, write_csv
 
 CLASS_NAMES = (
     "Normal", "aortic elongation", "cardiomegaly", "pleural effusion", "Nodule", "atelectasis",
@@ -101,17 +100,10 @@ def write(out_dir: Path, n: int = 240, seed: int = 0) -> dict:
     rows.append([bad_id, "20120101", patients[0], 1, *([0] * (len(CLASS_NAMES) - 1))])
     removal_ids = [rows[1][0], rows[2][0]]
 
-    def _csv(header: list[str], body: list[list]) -> str:
-        out = io.StringIO()
-        w = csv.writer(out, lineterminator="\n")
-        w.writerow(header)
-        w.writerows(body)
-        return out.getvalue()
-
     labels_csv = out_dir / "CXRLT_2026_training.csv"
-    write_text(labels_csv, _csv(["ImageID", "StudyDate_DICOM", "PatientID", *CLASS_NAMES], rows))
-    write_text(out_dir / "corrupted_images.csv", _csv(["ImageID"], [[bad_id]]))
-    write_text(out_dir / "Removal.csv", _csv(["ImageID"], [[r] for r in removal_ids]))
+    write_csv(labels_csv, ["ImageID", "StudyDate_DICOM", "PatientID", *CLASS_NAMES], rows)
+    write_csv(out_dir / "corrupted_images.csv", ["ImageID"], [[bad_id]])
+    write_csv(out_dir / "Removal.csv", ["ImageID"], [[r] for r in removal_ids])
     return {
         "labels_csv": str(labels_csv),
         "image_dir": str(image_dir),

@@ -16,15 +16,17 @@ So L mode distinguishes up to 40 classes and RGB up to 400; larger ``num_classes
 
 from __future__ import annotations
 
+import csv
+import io
 import math
-import os
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from common.checkpoint import atomic_write_bytes, atomic_write_text
 
 # Ten well-separated tints (RGB, 0..1). Index 0 is white so that factor 0 looks like the L-mode glyph.
 PALETTE: tuple[tuple[float, float, float], ...] = (
@@ -291,19 +293,6 @@ def render_class_with_mask(
     return _to_image(canvas, mode), mask
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; synthetic data should be readable like any output
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_png(img: Image.Image, path: str | Path, bits: int = 8) -> None:
     """Write ``img`` as a PNG atomically, with no timestamp chunk (same image -> same bytes).
 
@@ -326,29 +315,25 @@ def save_png(img: Image.Image, path: str | Path, bits: int = 8) -> None:
             raise ValueError(f"save_png: 8-bit output needs an L or RGB image, got mode {img.mode} for {path}")
     else:
         raise ValueError(f"save_png: bits must be 8 or 16, got {bits} for {path}")
-    _atomic_write(Path(path), lambda tmp: img.save(tmp, format="PNG"))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(buf.getvalue(), path)
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """Write a UTF-8 text file atomically with ``\\n`` line endings (parent folders created).
-
-    Args:
-        path: destination file.
-        text: full file content.
-    """
-
-    def _write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-
-    _atomic_write(Path(path), _write)
+    """Write a UTF-8 text file atomically with the given line endings (parent folders created)."""
+    atomic_write_text(text, path)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` atomically (parent folders created).
+    """Write ``data`` atomically (parent folders created)."""
+    atomic_write_bytes(data, path)
 
-    Args:
-        path: destination file.
-        data: full file content.
-    """
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """Write a CSV file (``\n`` line endings, csv-module quoting) atomically."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text(path, out.getvalue())

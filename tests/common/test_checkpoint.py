@@ -100,3 +100,11 @@ def test_pickle_module_error_type_is_what_torch_raises(tmp_path):
     torch.save({"p": _Payload(tmp_path / "m")}, path)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
+
+
+def test_atomic_writes_get_normal_file_permissions(tmp_path):
+    # mkstemp files are private (0600); outputs must be readable like files written with open()
+    atomic_save({"w": torch.ones(1)}, tmp_path / "a.pth")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert (tmp_path / "a.pth").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
