@@ -582,6 +582,8 @@ def _checkpoint_state(state: FitState, scaler: torch.amp.GradScaler, callbacks: 
         "task": state.task.extra_state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "scaler": scaler.state_dict(),
+        # schedules are functions of the update count: that count is their whole state
+        "scheduler": {"update": state.update},
         "ema": state.ema.state_dict() if state.ema is not None else None,
         "epoch": state.epoch,
         "update": state.update,
