@@ -61,27 +61,31 @@ class DistContext:
         return torch.cat([c[: int(s.item())] for c, s in zip(chunks, sizes)], dim=0)
 
 
-def resolve_device(requested: str) -> torch.device:
-    """Map a ``--device`` value to a device; "cuda" without a GPU falls back to CPU with a warning."""
+def resolve_device(requested: str, *, flag: str = "--device") -> torch.device:
+    """Map a device setting to a device; "cuda" without a GPU falls back to CPU with a warning.
+
+    ``flag`` names the setting in messages (a config key for config-driven scripts).
+    """
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        _logger.warning("--device %s requested but no CUDA device is available; running on CPU", requested)
+        _logger.warning("%s %s requested but no CUDA device is available; running on CPU", flag, requested)
         return torch.device("cpu")
     try:
         return torch.device(requested)
     except RuntimeError as exc:
-        raise ValueError(f"--device: invalid device '{requested}' ({exc})") from None
+        raise ValueError(f"{flag}: invalid device '{requested}' ({exc})") from None
 
 
-def init_distributed(device: str = "cuda") -> DistContext:
+def init_distributed(device: str = "cuda", *, flag: str = "--device") -> DistContext:
     """Initialise the process group when launched by torchrun and return this process's context.
 
     Args:
         device: the ``--device`` value ("cuda", "cuda:1", "cpu").
+        flag: how the user sets the device, quoted in the fallback warning and in errors.
 
     Returns:
         DistContext with rank, world size, local rank and the torch device to use.
     """
-    dev = resolve_device(device)
+    dev = resolve_device(device, flag=flag)
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistContext(device=dev)
     rank = int(os.environ["RANK"])

@@ -25,8 +25,9 @@ def train_args_parser(task_type: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(f"DCAL {TASK_NAMES[task_type]} training", add_help=False)
     _add_config_args(parser)
     parser.add_argument("--resume", type=str, default=None,
-                        help="checkpoint file or folder to resume from, or 'auto' for save_dir's "
-                             "checkpoint_last.pth (default: None = start fresh)")
+                        help="checkpoint file or folder to resume from (an error if missing), or 'auto' for "
+                             "save_dir's checkpoint_last.pth when present, else a fresh start "
+                             "(default: None = start fresh)")
     _add_opts(parser)
     return parser
 

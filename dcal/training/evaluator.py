@@ -30,7 +30,15 @@ NUM_VISUALIZED = 16
 
 def load_model_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Strictly load a training checkpoint's ``model`` entry (or a bare state dict) into ``model``."""
+    if not Path(path).is_file():
+        raise ConfigError(f"--checkpoint: weights file not found: {path}")
     state = load_weights_file(path)
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and v.shape != own[k].shape]
+    if wrong:  # load_state_dict would raise a RuntimeError with one line per tensor
+        raise ConfigError(f"--checkpoint {path}: weights do not fit the model built from the config "
+                          f"({len(wrong)} tensors differ in shape, e.g. {wrong[:3]}); check model.* in --config/--opts")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(f"--checkpoint {path}: weights do not fit the model built from the config "
@@ -57,7 +65,7 @@ def evaluate_from_config(cfg: ExperimentConfig, *, task_type: str, checkpoint: s
     """
     if cfg.task_type != task_type:
         raise ConfigError(f"task_type is '{cfg.task_type}' but this script evaluates '{task_type}'")
-    ctx = init_distributed(resolve_device(cfg, gpu))
+    ctx = init_distributed(resolve_device(cfg, gpu), flag="config key device (with --gpu)")
     run = RunDir(output_dir, {**(extra_args or {}), "config": to_dict(cfg)}, ctx)
     model = build_model(cfg, load_pretrained=False)
     load_model_weights(model, checkpoint)

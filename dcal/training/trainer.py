@@ -218,12 +218,15 @@ def train_from_config(cfg: ExperimentConfig, *, task_type: str, gpu: int = 0, re
     if cfg.task_type != task_type:
         raise ConfigError(f"task_type is '{cfg.task_type}' but this script trains '{task_type}'")
     t, d = cfg.training, cfg.data
+    if cfg.model.num_pwca_blocks > 0 and d.batch_size < 2:
+        raise ConfigError(f"data.batch_size {d.batch_size} is too small for PWCA, which pairs each training image "
+                          "with another image of its batch (use >= 2, or model.num_pwca_blocks=0)")
     for key, default in (("log_interval", 100), ("save_interval", 10)):
         if getattr(t, key) != default:
             logger.warning("training.%s is accepted for compatibility but ignored: the engine logs every epoch "
                            "and keeps checkpoint_last.pth / checkpoint_best.pth", key)
     torch.manual_seed(cfg.seed)
-    ctx: DistContext = init_distributed(resolve_device(cfg, gpu))
+    ctx: DistContext = init_distributed(resolve_device(cfg, gpu), flag="config key device (with --gpu)")
     run = RunDir(cfg.save_dir, {**(extra_args or {}), "config": to_dict(cfg)}, ctx)
     model = build_model(cfg)
     mean, std = norm_stats(model)

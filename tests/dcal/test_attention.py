@@ -144,6 +144,12 @@ def test_pwca_training_only_and_eval_batch_independent(task_type):
     assert not any(k.startswith("pwca") for k in full)
     for key in ("embedding", "sa_logits", "glca_logits"):
         torch.testing.assert_close(full[key][:1], single[key], rtol=1e-4, atol=1e-5)
+    # inference output: FGVC = SA + GLCA class probabilities; re-ID = [SA BNNeck feature, GLCA BNNeck feature]
+    if task_type == "fgvc":
+        expected = full["sa_logits"].softmax(-1) + full["glca_logits"].softmax(-1)
+    else:
+        expected = torch.cat([model.sa_head.bn(full["sa_feat"]), model.glca_head.bn(full["glca_feat"])], dim=1)
+    torch.testing.assert_close(full["embedding"], expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", SUPPORTED_BACKBONES)
@@ -173,8 +179,24 @@ def test_pretrained_weights_are_loaded_and_not_reinitialised(tmp_path):
     torch.save(bad, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="bad.pth.*missing"):
         create_backbone("deit_tiny_patch16_224", img_size=(224, 224), depth=2, pretrained_path=str(tmp_path / "bad.pth"))
+    # wrong architecture: a one-line error naming the key, not torch's per-tensor RuntimeError
+    with pytest.raises(ValueError, match=r"model.pretrained_path .*deit.pth: weights do not fit backbone shapes"):
+        create_backbone("deit_small_patch16_224", img_size=(224, 224), depth=2, pretrained_path=str(tmp_path / "deit.pth"))
 
 
 def test_unsupported_backbone_is_an_error():
     with pytest.raises(ValueError, match="backbone_name 'resnet50'"):
         create_backbone("resnet50", img_size=(32, 32))
+
+
+def test_drop_rate_reaches_the_dropouts_dcal_uses():
+    # timm >= 0.9 reads drop_rate as head dropout only, and DCAL never runs timm's head
+    vit = _tiny_backbone(drop_rate=0.25, drop_path_rate=0.1)
+    blk = vit.blocks[-1]
+    assert vit.pos_drop.p == blk.attn.proj_drop.p == blk.mlp.drop1.p == blk.mlp.drop2.p == 0.25
+    assert float(blk.drop_path1.drop_prob) == pytest.approx(0.1)
+
+
+def test_missing_pretrained_file_names_the_key(tmp_path):
+    with pytest.raises(ValueError, match=r"model.pretrained_path: weights file not found: .*nope.pth"):
+        _tiny_backbone(pretrained_path=str(tmp_path / "nope.pth"))

@@ -54,6 +54,13 @@ def test_veri_reader_relabels_and_checks_names(veri_root, tmp_path):
     (bad / "train_label.xml").write_bytes(text.encode("gb2312"))
     with pytest.raises(ParseError, match=r"name_train.txt:1: .* has no Item"):
         read_reid("veri776", tmp_path)  # data_root may be the parent of VeRi/
+    # same name, but the XML's vehicleID disagrees with the file name's
+    vid = first[:4]
+    text = (veri_root / "train_label.xml").read_bytes().decode("gb2312")
+    text = text.replace(f'imageName="{first}" vehicleID="{vid}"', f'imageName="{first}" vehicleID="0999"', 1)
+    (bad / "train_label.xml").write_bytes(text.encode("gb2312"))
+    with pytest.raises(ParseError, match=rf"name_train.txt:1: {first}: file name says id {int(vid)} .* says id 999"):
+        read_reid("veri776", tmp_path)
 
 
 def test_market_junk_and_distractors(market_root):

@@ -69,6 +69,20 @@ def test_script_errors(cub_root, veri_root, tmp_path):
         train_reid.main(_parse(train_reid, ["--config", str(FGVC_CONFIG), "--opts", *tiny_opts(cub_root, 4, tmp_path)]))
     with pytest.raises(ConfigError, match=r"model.num_classes is 7 but .* has 4 training classes \(set --opts model.num_classes=4\)"):
         train_fgvc.main(_parse(train_fgvc, ["--config", str(FGVC_CONFIG), "--opts", *tiny_opts(cub_root, 7, tmp_path)]))
+    with pytest.raises(ConfigError, match="data.batch_size 1 is too small for PWCA"):
+        train_fgvc.main(_parse(train_fgvc, ["--config", str(FGVC_CONFIG), "--opts",
+                                            *tiny_opts(cub_root, 4, tmp_path, batch=1)]))
+    with pytest.raises(ConfigError, match="--checkpoint: weights file not found: .*nope.pth"):
+        eval_fgvc.main(_parse(eval_fgvc, ["--config", str(FGVC_CONFIG), "--checkpoint", str(tmp_path / "nope.pth"),
+                                          "--output_dir", str(tmp_path / "e"), "--opts", *tiny_opts(cub_root, 4, tmp_path)]))
+    from dcal.training.trainer import build_model
+    from dcal.utils.config import load_config
+
+    big = load_config(FGVC_CONFIG, [*tiny_opts(cub_root, 4, tmp_path), "model.img_size=64", "data.image_size=[64,64]"])
+    torch.save({"model": build_model(big).state_dict()}, tmp_path / "w64.pth")
+    with pytest.raises(ConfigError, match=r"--checkpoint .*w64.pth: .*1 tensors differ in shape.*backbone.pos_embed"):
+        eval_fgvc.main(_parse(eval_fgvc, ["--config", str(FGVC_CONFIG), "--checkpoint", str(tmp_path / "w64.pth"),
+                                          "--output_dir", str(tmp_path / "e"), "--opts", *tiny_opts(cub_root, 4, tmp_path)]))
     with pytest.raises(ConfigError, match="--checkpoint .*missing"):
         torch.save({"model": {"x": torch.zeros(1)}}, tmp_path / "w.pth")
         eval_reid.main(_parse(eval_reid, ["--config", str(REID_CONFIG), "--checkpoint", str(tmp_path / "w.pth"),

@@ -51,7 +51,7 @@ def create_backbone(
         img_size: (H, W) input size; the position embedding of pretrained weights is resampled to it.
         patch_size: override the patch size (tests use 8 px patches on 32 px images); None = the model's.
         depth: number of transformer blocks L; None = the model's (12).
-        drop_rate: dropout after the position embedding and in the MLPs.
+        drop_rate: dropout after the position embedding, the attention projection and in the MLPs.
         drop_path_rate: stochastic depth, linearly increasing over the blocks.
         pretrained_path: local .pth/.safetensors ImageNet weights; None or "" = random init.
 
@@ -64,7 +64,11 @@ def create_backbone(
     arch = name.split(".", 1)[0]
     if arch not in SUPPORTED_BACKBONES:
         raise ValueError(f"model.backbone_name '{name}' is not supported; choose one of {', '.join(SUPPORTED_BACKBONES)}")
-    kwargs = {"img_size": tuple(img_size), "drop_rate": drop_rate, "drop_path_rate": drop_path_rate}
+    # timm >= 0.9 reads ``drop_rate`` as *head* dropout only, and DCAL does not use timm's head; the
+    # config's drop_rate therefore goes to the position-embedding and projection/MLP dropouts, which
+    # is what ``drop_rate`` meant in the timm versions the replication's configs were written for.
+    kwargs = {"img_size": tuple(img_size), "pos_drop_rate": drop_rate, "proj_drop_rate": drop_rate,
+              "drop_path_rate": drop_path_rate}
     if patch_size is not None:
         kwargs["patch_size"] = patch_size
     if depth is not None:
@@ -75,6 +79,8 @@ def create_backbone(
     for i, blk in enumerate(vit.blocks):
         check_block(blk, f"{name} block {i}")
     if pretrained_path:
+        if not Path(pretrained_path).is_file():
+            raise ValueError(f"model.pretrained_path: weights file not found: {pretrained_path}")
         load_pretrained(vit, pretrained_path)
     else:
         logger.info("backbone %s: no model.pretrained_path given, starting from random initialisation", name)
@@ -87,9 +93,15 @@ def load_pretrained(vit: VisionTransformer, path: str | Path) -> None:
     state = {k: v for k, v in state.items() if k not in _HEAD_KEYS}
     # timm's filter resamples pos_embed/patch_embed to this model's grid and maps original key names
     state = checkpoint_filter_fn(state, vit)
+    own = vit.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and v.shape != own[k].shape]
+    if wrong:  # load_state_dict would raise a RuntimeError with one line per tensor
+        raise ValueError(f"model.pretrained_path {path}: weights do not fit backbone shapes "
+                         f"({len(wrong)} tensors, e.g. {wrong[:3]}); check model.backbone_name")
     missing, unexpected = vit.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: pretrained weights do not fit the backbone "
+        raise ValueError(f"model.pretrained_path {path}: pretrained weights do not fit the backbone "
                          f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})")
     logger.info("loaded pretrained backbone weights from %s", path)
 
