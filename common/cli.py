@@ -78,5 +78,16 @@ def run_main(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace
     except (*USER_ERRORS, NonFiniteLossError) as exc:
         if os.environ.get("TRACEBACK", "") not in ("", "0"):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         sys.exit(1)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc``; for an error re-raised from a DataLoader worker (whose message embeds
+    the worker's traceback), the original error's own message."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        name, sep, message = last.partition(": ")
+        return message if sep and name.split(".")[-1] == type(exc).__name__ else last
+    return text

@@ -100,16 +100,22 @@ def read_cxr(path: str | Path, *, bad_image: str = "error", size: int = 512) -> 
     return np.ascontiguousarray(arr[:, :, :3])
 
 
-def read_gray_like_cv2(path: str | Path) -> np.ndarray:
-    """The model card's ``cv2.imread(path, IMREAD_GRAYSCALE)``: 8-bit grey; 16-bit PNGs keep their high
-    byte (libpng strip-16), colour images use the ITU-R 601 luma."""
+def read_gray_like_cv2(path: str | Path, *, rescale_16bit: bool = True) -> np.ndarray:
+    """The model card's ``cv2.imread(path, IMREAD_GRAYSCALE)``: 8-bit grey, colour images as ITU-R 601 luma.
+
+    A 16-bit (or 32-bit integer) grey image is percentile-rescaled to 8 bits as the original training and
+    ``inference.py`` do (``percentile_rescale``) when ``rescale_16bit``; otherwise it keeps its high byte,
+    which is what OpenCV's 8-bit conversion (libpng strip-16) gives the model card's snippet.
+    """
     path = Path(path)
     try:
         with Image.open(path) as img:
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img).astype(np.int64)
-                return np.clip(arr >> 8, 0, 255).astype(np.uint8)
+                arr = np.asarray(img)
+                if rescale_16bit:
+                    return percentile_rescale(arr)
+                return np.clip(arr.astype(np.int64) >> 8, 0, 255).astype(np.uint8)
             return np.asarray(img.convert("L"))
     except (FileNotFoundError, UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         reason = "not found" if isinstance(exc, FileNotFoundError) else f"unreadable ({exc})"

@@ -22,11 +22,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from common.checkpoint import load_checkpoint, load_weights_file
 from common.cli import run_main
+from common.data.errors import DataError
 from common.data.lists import read_csv
 from common.dist import resolve_device
 from common.run import setup_logging
 from cxrlt.data import BAD_IMAGE_POLICIES, normalize, read_cxr, resize_uint8
-from cxrlt.model import CLASS_NAMES, ConvNeXtV2CXR, StandardCXR, extract_state_dict
+from cxrlt.model import CLASS_NAMES, ConvNeXtV2CXR, StandardCXR, extract_state_dict, load_state_dict_checked
 from cxrlt.tta import MERGE_MODES, TTA_CONFIGS, merge, tta_views
 
 _logger = logging.getLogger(__name__)
@@ -91,11 +92,8 @@ def load_any_model(path: str | Path, backbone: str) -> nn.Module:
     elif "classifier.6.weight" in state:
         model = StandardCXR(state["classifier.6.weight"].shape[0], backbone=backbone, drop_path_rate=0.0)
     else:
-        raise KeyError(f"{path}: unknown architecture (no head.classifier, head.multi_head or classifier.6 weights)")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"{path}: weights do not match --model {backbone} (missing {sorted(missing)[:4]}, "
-                           f"unexpected {sorted(unexpected)[:4]})")
+        raise ValueError(f"{path}: unknown architecture (no head.classifier, head.multi_head or classifier.6 weights)")
+    load_state_dict_checked(model, state, f"{path} (--model {backbone})")
     return model.eval()
 
 
@@ -145,6 +143,12 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
     frame = read_csv(args.test_csv, [args.image_col], dtype={args.image_col: str})
     ids = list(frame[args.image_col])
     paths = [Path(args.image_dir) / i for i in ids]
+    if args.bad_image == "error":
+        # Checked up front: a loader worker's error would arrive wrapped in its traceback.
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise DataError(f"--image_dir {args.image_dir}: {len(missing)} image(s) listed in {args.test_csv} "
+                            f"not found, first {missing[0]}")
     loader = DataLoader(_TestImages(paths, args.image_size, args.bad_image), batch_size=args.batch_size,
                         num_workers=args.num_workers, shuffle=False)
     all_probs = []

@@ -125,7 +125,7 @@ def _backbone(name: str, pretrained: bool, drop_path_rate: float, global_pool: s
         return timm.create_model(name, pretrained=pretrained, num_classes=0, drop_path_rate=drop_path_rate,
                                  global_pool=global_pool)
     except RuntimeError as exc:  # timm's "Unknown model" and download failures
-        raise RuntimeError(f"cannot build backbone '{name}' (pretrained={pretrained}): {exc}") from None
+        raise ValueError(f"--model {name}: cannot build the backbone (pretrained={pretrained}): {exc}") from None
 
 
 class ConvNeXtV2CXR(nn.Module):
@@ -204,25 +204,47 @@ def state_dict_param_count(model: nn.Module) -> int:
     return sum(t.numel() for t in model.state_dict().values())
 
 
-def resolve_weights_path(weights: str | Path | None) -> Path:
+def resolve_weights_path(weights: str | Path | None, *, flag: str = "weights=") -> Path:
     """The local weights file for ``pretrained=True``: the argument, else ``$CXRLT2026_WEIGHTS``.
+
+    Args:
+        weights: a file, a folder holding the released file name, or None.
+        flag: how the caller's argument is named in messages (``weights=`` or a CLI flag).
 
     Raises:
         FileNotFoundError: neither is given, or the file does not exist (the message names it).
     """
+    source = flag
     if weights is None:
-        weights = os.environ.get(WEIGHTS_ENV)
+        weights, source = os.environ.get(WEIGHTS_ENV), f"${WEIGHTS_ENV}"
     if not weights:
         raise FileNotFoundError(
-            f"pretrained=True needs a local weights file: pass weights=PATH or set ${WEIGHTS_ENV} "
-            f"(e.g. to {WEIGHTS_FILENAME}); no hub download is attempted"
+            f"a local weights file is needed: pass {flag}{'' if flag.endswith('=') else ' '}PATH or set "
+            f"${WEIGHTS_ENV} (e.g. to {WEIGHTS_FILENAME}); no hub download is attempted"
         )
     path = Path(weights).expanduser()
     if path.is_dir():
         path = path / WEIGHTS_FILENAME
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise FileNotFoundError(f"{source}: weights file not found: {path}")
     return path
+
+
+def _mismatch_line(exc: RuntimeError) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return next((ln for ln in lines if "size mismatch" in ln), lines[0] if lines else "")
+
+
+def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """``load_state_dict`` with strict semantics and a one-line ``ValueError`` naming ``what`` (the file
+    and flag) on missing / unexpected keys or shape mismatches, instead of torch's multi-line RuntimeError."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ValueError(f"{what}: weights do not fit the model ({_mismatch_line(exc)})") from None
+    if missing or unexpected:
+        raise ValueError(f"{what}: weights do not fit the model (missing {sorted(missing)[:4]}, "
+                         f"unexpected {sorted(unexpected)[:4]})")
 
 
 def load_model_weights(model: nn.Module, path: str | Path) -> None:
@@ -237,12 +259,7 @@ def load_model_weights(model: nn.Module, path: str | Path) -> None:
 
         ckpt = load_checkpoint(path)
         state = extract_state_dict(ckpt, path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise RuntimeError(
-            f"{path}: state dict does not match the model (missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]})"
-        )
+    load_state_dict_checked(model, state, str(path))
 
 
 def extract_state_dict(ckpt: dict, path: str | Path, *, use_ema: bool = True) -> dict[str, torch.Tensor]:
@@ -267,7 +284,7 @@ def extract_state_dict(ckpt: dict, path: str | Path, *, use_ema: bool = True) ->
         return ckpt["model"]
     if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         return ckpt
-    raise KeyError(f"{path}: no model weights found (looked for model_state_dict, ema, model, a bare state dict)")
+    raise ValueError(f"{path}: no model weights found (looked for model_state_dict, ema, model, a bare state dict)")
 
 
 @register_model
@@ -306,7 +323,7 @@ def load_pretrained_and_surgery(model: ConvNeXtV2CXR, path: str | Path, *,
         The dropped keys.
 
     Raises:
-        RuntimeError: no backbone tensor matched (wrong file or backbone), naming the file.
+        ValueError: no backbone tensor matched (wrong file or backbone), naming the file.
     """
     from common.checkpoint import load_checkpoint
 
@@ -323,7 +340,7 @@ def load_pretrained_and_surgery(model: ConvNeXtV2CXR, path: str | Path, *,
         else:
             keep[k] = v
     if not any(k.startswith("backbone.") for k in keep):
-        raise RuntimeError(f"--pretrained_checkpoint {path}: no backbone weight matches the model "
+        raise ValueError(f"--pretrained_checkpoint {path}: no backbone weight matches the model "
                            f"(is it a stage-1 checkpoint of the same --model?)")
     model.load_state_dict(keep, strict=False)
     reset_csra_head(model)
@@ -348,14 +365,15 @@ def load_resume_weights(model: ConvNeXtV2CXR, path: str | Path) -> bool:
     if "classifier.0.weight" in state and "head.classifier.weight" not in state:
         keep = {k: v for k, v in state.items() if k.startswith("backbone.")}
         keep.update({"bn." + k[len("classifier.0."):]: v for k, v in state.items() if k.startswith("classifier.0.")})
-        missing, unexpected = model.load_state_dict(keep, strict=False)
+        try:
+            _, unexpected = model.load_state_dict(keep, strict=False)
+        except RuntimeError as exc:  # shape mismatches (another --model)
+            raise ValueError(f"--resume_checkpoint {path}: weights do not fit the model "
+                             f"({_mismatch_line(exc)})") from None
         if unexpected:
-            raise RuntimeError(f"--resume_checkpoint {path}: unexpected keys {sorted(unexpected)[:5]}")
+            raise ValueError(f"--resume_checkpoint {path}: unexpected keys {sorted(unexpected)[:5]}")
         reset_csra_head(model)
         _log_load(path, len(keep), sorted(set(state) - set(k for k in state if k.startswith(("backbone.", "classifier.0.")))))
         return False
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"--resume_checkpoint {path}: does not match the model (missing {sorted(missing)[:5]}, "
-                           f"unexpected {sorted(unexpected)[:5]})")
+    load_state_dict_checked(model, state, f"--resume_checkpoint {path}")
     return True

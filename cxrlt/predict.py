@@ -1,10 +1,11 @@
 """The model card's ``predict()`` as a CLI: grey image -> 512x512 -> 3 channels -> /255 -> ImageNet
 normalisation -> sigmoid, printing the top-k as ``0.123 ClassName``.
 
-Weights come from ``--weights`` or ``$CXRLT2026_WEIGHTS`` (a local file, never a hub download). Like
-the model card (and unlike training / ``inference.py``, quirk 19) images are read as OpenCV's
-IMREAD_GRAYSCALE does, so a 16-bit PNG keeps its high byte; ``--percentile_rescale`` applies the
-training-time percentile rescale instead.
+Weights come from ``--weights`` or ``$CXRLT2026_WEIGHTS`` (a local file, never a hub download). Images
+are read as the model card's ``cv2.imread(path, IMREAD_GRAYSCALE)`` does (colour -> luma), except that a
+16-bit PNG (PadChest's format) is percentile-rescaled to 8 bits as the original training and
+``inference.py`` do; the model card's snippet would keep only its high byte (quirk 19), which
+``--no-rescale_16bit`` reproduces.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from common.cli import run_main
 from common.dist import resolve_device
-from cxrlt.data import normalize, read_cxr, read_gray_like_cv2, resize_uint8
+from cxrlt.data import normalize, read_gray_like_cv2, resize_uint8
 from cxrlt.inference import load_any_model
 from cxrlt.model import CLASS_NAMES, resolve_weights_path
 
@@ -31,28 +32,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--topk", type=int, default=5, help="classes printed per image (default: 5)")
     parser.add_argument("--json", action="store_true", help="print all probabilities as JSON (default: off)")
     parser.add_argument("--image_size", type=int, default=512, help="resize side (default: 512)")
-    parser.add_argument("--percentile_rescale", action="store_true",
-                        help="decode like training (percentile rescale of 16-bit images) (default: off)")
+    parser.add_argument("--rescale_16bit", action=argparse.BooleanOptionalAction, default=True,
+                        help="16-bit images: percentile rescale as the original training / inference.py; "
+                             "--no-rescale_16bit keeps the model card's cv2 high byte (default: true)")
     parser.add_argument("--model", default="convnextv2_base", help="timm backbone (default: convnextv2_base)")
     parser.add_argument("--device", default="cuda", help="(default: cuda, CPU when none)")
     return parser
 
 
-def load_input(path: str | Path, size: int, percentile_rescale: bool) -> torch.Tensor:
+def load_input(path: str | Path, size: int, rescale_16bit: bool = True) -> torch.Tensor:
     """1 x 3 x size x size normalised tensor as the model card's transform builds it."""
-    if percentile_rescale:
-        arr = read_cxr(path)
-    else:
-        grey = read_gray_like_cv2(path)
-        arr = np.stack([grey] * 3, axis=-1)
+    grey = read_gray_like_cv2(path, rescale_16bit=rescale_16bit)
+    arr = np.stack([grey] * 3, axis=-1)
     return normalize(resize_uint8(arr, size)).unsqueeze(0)
 
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, path: str | Path, *, size: int = 512, device: torch.device | str = "cpu",
-            percentile_rescale: bool = False) -> dict[str, float]:
+            rescale_16bit: bool = True) -> dict[str, float]:
     """Class name -> sigmoid probability for one image."""
-    x = load_input(path, size, percentile_rescale).to(device)
+    x = load_input(path, size, rescale_16bit).to(device)
     probs = torch.sigmoid(model(x).float()).squeeze(0).cpu().tolist()
     if len(probs) != len(CLASS_NAMES):
         raise ValueError(f"the model predicts {len(probs)} classes, expected {len(CLASS_NAMES)}")
@@ -61,11 +60,11 @@ def predict(model: torch.nn.Module, path: str | Path, *, size: int = 512, device
 
 def main(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     device = resolve_device(args.device)
-    model = load_any_model(resolve_weights_path(args.weights), args.model).to(device)
+    model = load_any_model(resolve_weights_path(args.weights, flag="--weights"), args.model).to(device)
     results = {}
     for image in args.images:
         results[image] = predict(model, image, size=args.image_size, device=device,
-                                 percentile_rescale=args.percentile_rescale)
+                                 rescale_16bit=args.rescale_16bit)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

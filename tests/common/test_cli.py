@@ -41,3 +41,23 @@ def test_resolve_amp_never_uses_fp16_on_cpu():
     assert resolve_amp("none", cpu) is None
     with pytest.raises(ValueError, match="--amp: unknown value 'fp8'"):
         resolve_amp("fp8", cpu)
+
+
+def test_run_main_unwraps_errors_raised_in_loader_workers(tmp_path, capsys, monkeypatch):
+    from torch.utils.data import DataLoader
+
+    from common.data import MultiLabelImageDataset
+    from common.data.lists import ImageRecord
+
+    monkeypatch.delenv("TRACEBACK", raising=False)
+    missing = tmp_path / "missing.png"
+    ds = MultiLabelImageDataset([ImageRecord(paths=(str(missing),), labels=(1.0,), source="list.txt", line=7)])
+
+    def load_all(args):
+        for _ in DataLoader(ds, batch_size=1, num_workers=1):
+            pass
+
+    with pytest.raises(SystemExit):
+        run_main(load_all, argparse.Namespace())
+    err = capsys.readouterr().err
+    assert err == f"error: image not found: {missing} (listed at list.txt:7)\n"

@@ -9,7 +9,15 @@ from common.data.errors import DataError, ParseError
 from common.data.samplers import RepeatFactorSampler
 from common.synth import mimic as synth_mimic
 from common.synth import padchest as synth_padchest
-from cxrlt.data import TrainTransform, clahe, percentile_rescale, read_cxr, read_mimic, read_padchest
+from cxrlt.data import (
+    TrainTransform,
+    clahe,
+    percentile_rescale,
+    read_cxr,
+    read_gray_like_cv2,
+    read_mimic,
+    read_padchest,
+)
 from cxrlt.inference import normal_gating
 from cxrlt.model import CLASS_NAMES, MIMIC_CLASSES
 from cxrlt.tta import merge, tta_views
@@ -160,3 +168,19 @@ def test_synth_padchest_is_16bit(padchest):
     with Image.open(first) as img:
         assert img.mode.startswith("I")
         assert np.asarray(img).max() > 255
+
+
+def test_predict_decoding_rescales_16bit_like_the_original(padchest, tmp_path):
+    root, info = padchest
+    first = next(p for p in sorted((root / "images").iterdir()) if "corrupt" not in p.name)
+    with Image.open(first) as img:
+        raw = np.asarray(img).astype(np.int64)
+    assert raw.max() > 255
+    grey = read_gray_like_cv2(first)  # default: the original's percentile rescale
+    np.testing.assert_array_equal(grey, percentile_rescale(raw.astype(np.uint16)))
+    np.testing.assert_array_equal(grey, read_cxr(first)[:, :, 0])
+    card = read_gray_like_cv2(first, rescale_16bit=False)  # the model card's cv2 conversion: high byte
+    np.testing.assert_array_equal(card, (raw >> 8).astype(np.uint8))
+    eight = Image.fromarray((np.arange(64 * 64) % 256).reshape(64, 64).astype(np.uint8))
+    eight.save(tmp_path / "eight.png")  # 8-bit grey: unchanged, as cv2 IMREAD_GRAYSCALE
+    np.testing.assert_array_equal(read_gray_like_cv2(tmp_path / "eight.png"), np.asarray(eight))

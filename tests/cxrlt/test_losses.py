@@ -46,6 +46,11 @@ def test_db_negative_branch_changes_only_negatives():
     z, y = torch.randn(4, 5), torch.ones(4, 5)
     base = DistributionBalancedLoss(COUNTS)(z, y)
     assert DistributionBalancedLoss(COUNTS, neg_scale=3.0, neg_margin=0.5)(z, y).item() == pytest.approx(base.item())
+    # on negatives: weight x neg_scale, logit + neg_margin
+    y0 = torch.zeros(4, 5)
+    loss = DistributionBalancedLoss(COUNTS, neg_scale=3.0, neg_margin=0.5)
+    expected = (loss.weight * 3.0 * F.binary_cross_entropy_with_logits(z + 0.5, y0, reduction="none")).mean()
+    assert loss(z, y0).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_official_asl_reduces_to_bce_sum_and_matches_formula():

@@ -111,7 +111,7 @@ def test_surgery_keeps_backbone_drops_head_norm(tmp_path):
 
 def test_surgery_rejects_unrelated_checkpoint(tmp_path):
     save_checkpoint(tmp_path / "x.pth", {"model_state_dict": {"foo.weight": torch.zeros(3)}})
-    with pytest.raises(RuntimeError, match="x.pth: no backbone weight"):
+    with pytest.raises(ValueError, match="x.pth: no backbone weight"):
         load_pretrained_and_surgery(ConvNeXtV2CXR(30, backbone=TINY), tmp_path / "x.pth")
 
 
@@ -124,3 +124,57 @@ def test_resume_weights_from_mlp_maps_bn(tmp_path):
     torch.testing.assert_close(model.bn.weight, old.classifier[0].weight)
     save_checkpoint(tmp_path / "new.pth", {"model_state_dict": model.state_dict()})
     assert load_resume_weights(ConvNeXtV2CXR(30, backbone=TINY), tmp_path / "new.pth") is True
+
+
+class _SeedCSRA(torch.nn.Module):
+    """The model card's head, written as the card describes it (bmm of the attention with the features)."""
+
+    def __init__(self, d, k, lam=0.1):
+        super().__init__()
+        self.k, self.lam = k, lam
+        self.classifier = torch.nn.Linear(d, k)
+        self.conv_att = torch.nn.Conv2d(d, k, 1, bias=False)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        gap = self.classifier(x.mean((2, 3)))
+        att = torch.softmax(self.conv_att(x).view(b, self.k, h * w), dim=2)
+        feat = torch.bmm(att, x.view(b, c, h * w).transpose(1, 2))
+        return gap + self.lam * ((feat * self.classifier.weight.unsqueeze(0)).sum(2) + self.classifier.bias)
+
+
+class _SeedModel(torch.nn.Module):
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, drop_path_rate=0.2,
+                                          global_pool="")
+        self.bn = torch.nn.BatchNorm2d(self.backbone.num_features)
+        self.head = _SeedCSRA(self.backbone.num_features, 30)
+
+    def forward(self, x):
+        return self.head(self.bn(self.backbone(x)))
+
+
+def test_seed_model_state_dict_loads_strictly_and_agrees():
+    torch.manual_seed(0)
+    seed = _SeedModel(TINY).eval()
+    with torch.no_grad():
+        seed.bn.running_mean.normal_()
+        seed.bn.running_var.uniform_(0.5, 2.0)
+        torch.nn.init.normal_(seed.head.classifier.bias)
+    ours = ConvNeXtV2CXR(30, backbone=TINY).eval()
+    ours.load_state_dict(seed.state_dict(), strict=True)
+    seed.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), seed(x), rtol=1e-5, atol=1e-5)
+
+
+def test_weight_mismatch_is_one_line_value_error(tmp_path):
+    path = tmp_path / "w.safetensors"
+    export_safetensors(ConvNeXtV2CXR(30, backbone=TINY).state_dict(), path)
+    with pytest.raises(ValueError, match=r"w.safetensors: weights do not fit the model \(size mismatch") as err:
+        timm.create_model("cxrlt2026_task1_csra_dbcas", pretrained=True, backbone="convnextv2_femto", weights=path)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="--model nope: cannot build the backbone"):
+        ConvNeXtV2CXR(30, backbone="nope")

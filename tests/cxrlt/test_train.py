@@ -132,3 +132,20 @@ def test_learns_long_tailed_multilabel_from_digits(tmp_path):
     chance = sum(PREVALENCE) / len(PREVALENCE)  # expected AP of a random ranking
     assert metrics["final"]["mAP"] > chance + 0.15, metrics["final"]["mAP"]
     assert metrics["final"]["auc"] > 0.7
+
+
+def test_inference_missing_image_names_it(stage2_run, tmp_path):
+    root, out, _ = stage2_run
+    (tmp_path / "test.csv").write_text("ImageID\nnope.png\n")
+    args = _parse(inference, ["--checkpoints", str(out / "checkpoint_last.pth"), "--test_csv", str(tmp_path / "test.csv"),
+                              "--image_dir", str(root / "images"), "--output", str(tmp_path / "s.csv"),
+                              "--num_workers", "2", "--model", "convnextv2_atto", "--device", "cpu"])
+    with pytest.raises(ValueError, match=r"--image_dir .*1 image\(s\) listed in .*test.csv not found, first .*nope.png"):
+        inference.main(args)
+    image = next(p.name for p in sorted((root / "images").iterdir()) if "corrupt" not in p.name)
+    (tmp_path / "ok.csv").write_text(f"ImageID\n{image}\n")
+    bad = _parse(inference, ["--checkpoints", str(out / "checkpoint_last.pth"), "--test_csv", str(tmp_path / "ok.csv"),
+                             "--image_dir", str(root / "images"), "--output", str(tmp_path / "s.csv"), "--num_workers", "0",
+                             "--device", "cpu"])
+    with pytest.raises(ValueError, match=r"checkpoint_last.pth \(--model convnextv2_base\): weights do not fit"):
+        inference.main(bad)
