@@ -4,7 +4,8 @@ List format (``annotations/DvXray_{train,val,test}.txt``), one pair per line:
 ``<OL view path> <SD view path> <num_classes comma-separated 0/1>`` (space-separated labels are also
 accepted). Relative image paths are resolved against the working directory, as in the original, or
 against ``--data_root`` when given. Errors name the list file and line (bad lines) or the image and
-the line that listed it (missing/corrupt images).
+the line that listed it (missing/corrupt images). Every listed image is checked for existence when the
+dataset is built, so a missing file stops the run before training with a one-line error.
 
 Both views of a pair get identical random augmentation parameters (``common.data.DualViewPairDataset``
 reseeds the RNGs with one per-sample seed before each view). Validation is resize-only.
@@ -126,11 +127,26 @@ class TrainTransformPolicy:
         return self.normal
 
 
+def check_images_exist(records: Sequence[ImageRecord]) -> None:
+    """Fail before training, with a one-line error naming the first missing image and its list line.
+
+    Without this a missing file surfaces inside a DataLoader worker, whose re-raised error carries the
+    worker traceback in its message, possibly hours into training (the original did not check either).
+    A stat per file (32,000 for the full DvXray lists) is cheap next to one epoch.
+    """
+    for record in records:
+        for path in record.paths:
+            if not Path(path).is_file():
+                where = f" (listed at {record.source}:{record.line})" if record.where else ""
+                raise DataError(f"image not found: {path}{where}")
+
+
 def build_dataset(list_file: str | Path, *, num_classes: int, train: bool, input_size: int,
                   policy: TrainTransformPolicy | None = None, data_root: str | Path | None = None
                   ) -> DualViewPairDataset:
     """Dual-view dataset over a split file: training uses ``policy``, evaluation resize-only."""
     records = read_dvxray_list(list_file, num_classes, data_root)
+    check_images_exist(records)
     if train:
         if policy is None:
             raise ValueError("build_dataset: a training dataset needs a TrainTransformPolicy")

@@ -8,7 +8,9 @@ total_params_M, trainable_params_M, mAP, f1_micro, f1_macro, accuracy_micro, AP_
 Differences: without ``--output_csv`` the row goes to ``eval_<list name>.csv`` next to the checkpoint
 (the original then wrote nothing); the CoordAtt-U signal state saved in the checkpoint is restored
 (``--restore_signal false`` evaluates like the original, whose fresh process had no signal and so
-applied no gain).
+applied no gain). Checkpoints written by the original code (``model``/``model_ema`` + ``args``) are
+accepted too: flags it did not have take their defaults, its empty ``backbone.head`` is dropped, and
+the BatchNorm buffers its parameter-only ``model_ema`` lacks stay at their initial values (as there).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from common.checkpoint import CheckpointError, load_checkpoint
 from common.cli import run_main, str2bool
 from common.dist import init_distributed
@@ -24,6 +29,7 @@ from common.engine import build_loader, evaluate
 from common.run import CsvLog, setup_logging
 from dvxray.datasets import build_dataset, read_classes
 from dvxray.engine_finetune import DvXrayTask, build_model_from_args, count_params, make_metric_fn
+from dvxray.main_finetune import get_args_parser as get_finetune_parser
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -51,6 +57,32 @@ def _ema_weights(ckpt: dict) -> dict | None:
     return {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
 
 
+# keys a checkpoint of the original code does not hold: BatchNorm buffers (its ``model_ema`` has
+# parameters only; the original evaluated with fresh buffers, quirk 4) and the signal state (quirk 5)
+_MAY_BE_ABSENT = ("running_mean", "running_var", "num_batches_tracked", "_extra_state")
+
+
+def load_eval_weights(model: nn.Module, weights: dict, source: str) -> None:
+    """Strict loading, except what an original MCB-U checkpoint cannot hold (see ``_MAY_BE_ABSENT``).
+
+    The original backbone's empty ``backbone.head`` (Linear(C, 0), quirk 12) is dropped. Any other
+    missing or unexpected key raises ``CheckpointError``.
+    """
+    weights = {k: v for k, v in weights.items()
+               if not (k.startswith("backbone.head.") and isinstance(v, torch.Tensor) and v.numel() == 0)}
+    own = model.state_dict()
+    unexpected = sorted(k for k in weights if k not in own)
+    missing = sorted(k for k in own if k not in weights)
+    bad_missing = [k for k in missing if not k.endswith(_MAY_BE_ABSENT)]
+    if unexpected or bad_missing:
+        raise CheckpointError(f"{source}: weights do not fit the model rebuilt from its args "
+                              f"(missing {bad_missing[:5]}, unexpected {unexpected[:5]})")
+    model.load_state_dict(weights, strict=False)
+    if missing:
+        print(f"[eval] {source}: {len(missing)} buffer/state keys absent (original-code checkpoint), kept at "
+              f"their initial values as the original evaluation did")
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate; returns the metrics dict (mAP, f1_micro, f1_macro, acc1, per_class_ap, ...)."""
     setup_logging(None)
@@ -59,12 +91,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if not isinstance(train_args, dict) or "model" not in train_args:
         raise CheckpointError(f"{args.checkpoint}: no training 'args' stored; cannot rebuild the model")
     ctx = init_distributed(args.device)
+    # flags added by this re-implementation are absent from the original's checkpoints: use their defaults
+    train_args = {**vars(get_finetune_parser().parse_args([])), **train_args}
     model, signal = build_model_from_args(train_args)
     weights = _ema_weights(ckpt) if args.use_ema else None
     source = "EMA" if weights is not None else "model"
     if weights is None:
         weights = ckpt["model"]
-    model.load_state_dict(weights, strict=True)
+    load_eval_weights(model, weights, f"{args.checkpoint} ({source} weights)")
     if not args.restore_signal:
         signal.clear()
     total_m, trainable_m = count_params(model)

@@ -110,7 +110,7 @@ for k in 1 2 3 4 5; do
 done
 ABL="${BASE_OUT_TEMPLATE}_ablation"
 add_experiment baseline_NoAttention_MCBConvex "$ABL" conditional Arch1_Baseline_NoAttention '{}' add mcb_convex "$SEED"
-add_experiment plainCoordAt_N3_MCBConvex "$ABL" conditional 8_PlainCoordAtt '{"N3":"coordatt"}' add mcb_convex "$SEED"
+add_experiment plainCoordAtt_N3_MCBConvex "$ABL" conditional 8_PlainCoordAtt '{"N3":"coordatt"}' add mcb_convex "$SEED"
 add_experiment CoordAttU_BCE "$ABL" conditional 8_CoordAtt '{"N3":"coordatt_u"}' add bce "$SEED"
 add_experiment CoordAttU_MCB "$ABL" conditional 8_CoordAtt '{"N3":"coordatt_u"}' add mcb "$SEED"
 add_experiment Arch4_HierarchicalExpert_MCBConvex "$ABL" conditional Arch4_HierarchicalExpert \

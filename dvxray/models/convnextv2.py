@@ -34,8 +34,15 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
+def _register_v1() -> None:
+    # imported for its registrations (the V1 fallback lookup of the original); deferred because
+    # convnextv1 builds on this module
+    import dvxray.models.convnextv1  # noqa: F401
+
+
 def list_models() -> list[str]:
-    """Names accepted by ``--model``."""
+    """Names accepted by ``--model`` (ConvNeXt-V2 and the ConvNeXt V1 fallback)."""
+    _register_v1()
     return sorted(_MODELS)
 
 
@@ -45,9 +52,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
     Raises:
         ValueError: unknown name; the message lists the valid ones.
     """
-    # imported for its registrations (the V1 fallback lookup of the original)
-    import dvxray.models.convnextv1  # noqa: F401
-
+    _register_v1()
     if name not in _MODELS:
         raise ValueError(f"--model: unknown backbone '{name}' (choose from {', '.join(list_models())})")
     return _MODELS[name](**kwargs)

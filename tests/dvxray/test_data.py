@@ -57,9 +57,23 @@ def test_bad_list_lines_name_file_and_line(tmp_path, line, message):
 
 def test_missing_image_names_image_and_list_line(tmp_path, dvxray_data):
     f = tmp_path / "l.txt"
-    f.write_text("./data/nope_OL.png ./data/nope_SD.png " + ",".join(["0"] * 15) + "\n")
-    ds = build_dataset(f, num_classes=15, train=False, input_size=32, data_root=dvxray_data)
-    with pytest.raises(DataError, match=r"image not found: .*nope_OL.png \(listed at .*l.txt:1\)"):
+    good = (dvxray_data / "annotations/DvXray_val.txt").read_text().splitlines()[0]
+    f.write_text(good + "\n./data/nope_OL.png ./data/nope_SD.png " + ",".join(["0"] * 15) + "\n")
+    # checked when the dataset is built, before any training
+    with pytest.raises(DataError, match=r"image not found: .*nope_OL.png \(listed at .*l.txt:2\)"):
+        build_dataset(f, num_classes=15, train=False, input_size=32, data_root=dvxray_data)
+    # a file that disappears later still fails with the same message at load time
+    copy = tmp_path / "copy"
+    (copy / "data").mkdir(parents=True)
+    rel = good.split()[:2]
+    for r in rel:
+        (copy / r).parent.mkdir(parents=True, exist_ok=True)
+        (copy / r).write_bytes((dvxray_data / r).read_bytes())
+    g = tmp_path / "g.txt"
+    g.write_text(good + "\n")
+    ds = build_dataset(g, num_classes=15, train=False, input_size=32, data_root=copy)
+    (copy / rel[1]).unlink()
+    with pytest.raises(DataError, match=r"image not found: .*_SD.png \(listed at .*g.txt:1\)"):
         ds[0]
     with pytest.raises(DataError, match="list file not found"):
         read_dvxray_list(tmp_path / "absent.txt", 15)

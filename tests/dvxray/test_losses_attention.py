@@ -53,12 +53,19 @@ def test_mcb_convex_weights_are_constants_for_the_gradient():
 
 
 def test_mcb_loss_has_no_clamp_and_no_push():
+    # built through the --base_loss dispatch with a channel, as main_finetune.py does
     signal = SignalChannel()
-    z = torch.randn(4, 15) * 3
-    loss = MCBLoss(tau=1.0)
+    loss = build_base_criterion("mcb", LossParams(mcb_tau=0.02), signal)
+    assert isinstance(loss, MCBLoss) and loss.tau == 1.0  # --mcb_tau is not forwarded to mcb (quirk 17)
+    loss.tau = 0.02  # a sharp softmax, so the MCB-Convex floor (w_min 1e-3) would change the weights
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 15, generator=g) * 3
     loss(z, torch.zeros(4, 15))
-    p = torch.sigmoid(z)
-    np.testing.assert_allclose(loss.ema_w.numpy(), torch.softmax(p.std(0, unbiased=False), 0).numpy(), rtol=1e-6)
+    raw = torch.softmax(torch.sigmoid(z).std(0, unbiased=False) / 0.02, 0)
+    assert raw.min() < 1e-3
+    np.testing.assert_allclose(loss.ema_w.numpy(), raw.numpy(), rtol=1e-5)
+    convex = MCBLossConvex(tau=0.02).class_weights(z)
+    assert not torch.allclose(convex, raw)
     assert signal.get("w_mcb") is None
 
 

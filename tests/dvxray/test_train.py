@@ -118,6 +118,16 @@ def test_entry_scripts_run_from_root_and_from_folder(dvxray_data, tmp_path):
     bad = [a if a != str(dvxray_data / "annotations/DvXray_train.txt") else str(tmp_path / "none.txt") for a in argv]
     r = subprocess.run([sys.executable, "dvxray/main_finetune.py", *bad], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 1 and "list file not found" in r.stderr.strip().splitlines()[-1]
+    # a missing image with DataLoader workers: one line naming the image and its list line, before training
+    broken = tmp_path / "broken.txt"
+    lines = (dvxray_data / "annotations/DvXray_train.txt").read_text().splitlines()
+    broken.write_text("\n".join(lines[:5] + [lines[5].replace("_OL.png", "_XX.png", 1)]) + "\n")
+    bad = [a if a != str(dvxray_data / "annotations/DvXray_train.txt") else str(broken) for a in argv]
+    bad[bad.index("--num_workers") + 1] = "2"
+    r = subprocess.run([sys.executable, "dvxray/main_finetune.py", *bad], cwd=ROOT, env=env, capture_output=True, text=True)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:") or "Traceback" in line]
+    assert r.returncode == 1 and len(errors) == 1, r.stderr[-2000:]
+    assert "image not found" in errors[0] and "_XX.png (listed at" in errors[0] and "broken.txt:6" in errors[0]
 
 
 def test_resume_epoch_and_fresh_optimizer_override(dvxray_data, tmp_path):
@@ -137,3 +147,45 @@ def test_resume_epoch_and_fresh_optimizer_override(dvxray_data, tmp_path):
 def _adam_steps(path):
     state = torch.load(path, weights_only=True)["optimizer"]["state"]
     return int(next(iter(state.values()))["step"])
+
+
+def test_patience_stops_when_val_map_stops_improving(dvxray_data, tmp_path):
+    # lr 0 and no attention (no BatchNorm): the model never changes, so val mAP never improves after epoch 0
+    out = tmp_path / "run"
+    args = tiny_args(dvxray_data, out, "--epochs", "3", "--patience", "1", "--lr", "0", "--teacher_mode", "false",
+                     "--attention_config", "{}", "--weight_decay", "0")
+    summary = main_finetune.main(_parse(args))
+    assert summary["stopped_early"] and summary["epochs_run"] == 2
+    rows = list(csv.DictReader(open(out / "training_log.csv")))
+    assert len(rows) == 2 and rows[0]["val_metric"] == rows[1]["val_metric"]
+    # --patience 0 (default) disables early stopping
+    summary = main_finetune.main(_parse(tiny_args(dvxray_data, tmp_path / "run0", "--epochs", "3", "--lr", "0",
+                                                  "--teacher_mode", "false", "--attention_config", "{}")))
+    assert not summary["stopped_early"] and summary["epochs_run"] == 3
+
+
+def test_eval_only_accepts_a_checkpoint_of_the_original_code(dvxray_data, tmp_path):
+    from dvxray.engine_finetune import build_model_from_args
+
+    new_flags = ("data_root", "batch_views", "ema_buffers", "use_scheduler", "apply_drop_path", "amp",
+                 "sort_training_log", "summary_csv")
+    args = vars(_parse(tiny_args(dvxray_data, tmp_path / "unused")))
+    orig_args = {k: v for k, v in args.items() if k not in new_flags}
+    orig_args["val_list"] = str(dvxray_data / "annotations/DvXray_val.txt")
+    model, _ = build_model_from_args(args)
+    sd = {k: v for k, v in model.state_dict().items() if k != "_extra_state"}
+    sd["backbone.head.weight"], sd["backbone.head.bias"] = torch.zeros(0, 320), torch.zeros(0)  # Linear(320, 0)
+    ema = {k: v.clone() for k, v in model.named_parameters()}  # SimpleEMA: parameters only
+    path = tmp_path / "original.pth"
+    torch.save({"model": sd, "model_ema": ema, "args": orig_args, "epoch": 3}, path)
+
+    def run(*extra):
+        parser = eval_only.argparse.ArgumentParser(parents=[eval_only.get_args_parser()])
+        return eval_only.main(parser.parse_args(["--checkpoint", str(path), "--device", "cpu", "--num_workers", "0",
+                                                 "--data_root", str(dvxray_data), *extra]))
+
+    from_ema, from_model = run(), run("--use_ema", "false")
+    assert len(from_ema["per_class_ap"]) == 15 and from_ema["mAP"] == from_model["mAP"]
+    torch.save({"model": {**sd, "extra.weight": torch.zeros(1)}, "args": orig_args}, path)
+    with pytest.raises(eval_only.CheckpointError, match=r"unexpected \['extra.weight'\]"):
+        run()
