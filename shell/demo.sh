@@ -30,6 +30,15 @@ done
 echo
 echo "[demo] results (metrics.json of every demo run under $DEMO_OUT)"
 python -m common.demo_table "$DEMO_OUT"
+
+# How a run is diffed against the published numbers (demo runs are tiny, so the deltas are large)
+for pair in "dvxray/CoordAttU_MCBConvex:dvxray" "cxrlt/stage2_db_cas:cxrlt" "dcal/train_reid_market:dcal"; do
+    run="$DEMO_OUT/${pair%%:*}"
+    [[ -f "$run/metrics.json" ]] || continue
+    echo
+    echo "[demo] python -m common.compare $run --paper ${pair##*:}"
+    python -m common.compare "$run" --paper "${pair##*:}" || failed+=("compare ${pair##*:}")
+done
 if [[ ${#failed[@]} -gt 0 ]]; then
     echo "[demo] failed: ${failed[*]}" >&2
     exit 1
