@@ -177,3 +177,32 @@ def _python_state_to_tensor(state: tuple) -> dict[str, Any]:
 
 def _python_state_from_tensor(state: Mapping[str, Any]) -> tuple:
     return (state["version"], tuple(int(x) for x in state["internal"].tolist()), state["gauss"])
+
+
+def load_state_dict_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str, *,
+                           allow_missing: bool = False) -> None:
+    """``module.load_state_dict(state)`` with strict semantics and a one-line error.
+
+    Args:
+        module: the model to fill.
+        state: the state dict to load.
+        what: names the source in the message, e.g. ``"--checkpoint run/best.pth"``.
+        allow_missing: a partial load (e.g. a backbone only): keys of ``module`` absent from ``state``
+            keep their values; shape mismatches and unexpected keys are still errors.
+
+    Raises:
+        CheckpointError: shapes differ, or keys are missing or unexpected (torch would raise a
+            RuntimeError with one line per tensor); the message counts them and shows a few.
+    """
+    own = module.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and v.shape != own[k].shape]
+    if wrong:
+        raise CheckpointError(f"{what}: weights do not fit the model ({len(wrong)} tensors differ in shape, "
+                              f"e.g. {wrong[:3]})")
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if allow_missing:
+        missing = []
+    if missing or unexpected:
+        raise CheckpointError(f"{what}: weights do not fit the model ({len(missing)} missing, e.g. "
+                              f"{sorted(missing)[:4]}; {len(unexpected)} unexpected, e.g. {sorted(unexpected)[:4]})")

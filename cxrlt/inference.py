@@ -20,14 +20,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from common.checkpoint import load_checkpoint, load_weights_file
+from common.checkpoint import load_checkpoint, load_state_dict_strict, load_weights_file
 from common.cli import run_main
 from common.data.errors import DataError
 from common.data.lists import read_csv
 from common.dist import resolve_device
 from common.run import setup_logging
 from cxrlt.data import BAD_IMAGE_POLICIES, normalize, read_cxr, resize_uint8
-from cxrlt.model import CLASS_NAMES, ConvNeXtV2CXR, StandardCXR, extract_state_dict, load_state_dict_checked
+from cxrlt.model import CLASS_NAMES, ConvNeXtV2CXR, StandardCXR, extract_state_dict
 from cxrlt.tta import MERGE_MODES, TTA_CONFIGS, merge, tta_views
 
 _logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def load_any_model(path: str | Path, backbone: str) -> nn.Module:
         model = StandardCXR(state["classifier.6.weight"].shape[0], backbone=backbone, drop_path_rate=0.0)
     else:
         raise ValueError(f"{path}: unknown architecture (no head.classifier, head.multi_head or classifier.6 weights)")
-    load_state_dict_checked(model, state, f"{path} (--model {backbone})")
+    load_state_dict_strict(model, state, f"{path} (--model {backbone})")
     return model.eval()
 
 

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from timm.models import register_model
 from torch import nn
 
+from common.checkpoint import load_state_dict_strict
+
 CLASS_NAMES: tuple[str, ...] = (
     "Normal", "aortic elongation", "cardiomegaly", "pleural effusion", "Nodule", "atelectasis",
     "pleural thickening", "aortic atheromatosis", "Support Devices", "alveolar pattern", "fracture",
@@ -230,23 +232,6 @@ def resolve_weights_path(weights: str | Path | None, *, flag: str = "weights=") 
     return path
 
 
-def _mismatch_line(exc: RuntimeError) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return next((ln for ln in lines if "size mismatch" in ln), lines[0] if lines else "")
-
-
-def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """``load_state_dict`` with strict semantics and a one-line ``ValueError`` naming ``what`` (the file
-    and flag) on missing / unexpected keys or shape mismatches, instead of torch's multi-line RuntimeError."""
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        raise ValueError(f"{what}: weights do not fit the model ({_mismatch_line(exc)})") from None
-    if missing or unexpected:
-        raise ValueError(f"{what}: weights do not fit the model (missing {sorted(missing)[:4]}, "
-                         f"unexpected {sorted(unexpected)[:4]})")
-
-
 def load_model_weights(model: nn.Module, path: str | Path) -> None:
     """Load a weights file (.safetensors, or a checkpoint with model / model_state_dict) strictly."""
     from common.checkpoint import load_weights_file
@@ -259,7 +244,7 @@ def load_model_weights(model: nn.Module, path: str | Path) -> None:
 
         ckpt = load_checkpoint(path)
         state = extract_state_dict(ckpt, path)
-    load_state_dict_checked(model, state, str(path))
+    load_state_dict_strict(model, state, str(path))
 
 
 def extract_state_dict(ckpt: dict, path: str | Path, *, use_ema: bool = True) -> dict[str, torch.Tensor]:
@@ -365,15 +350,9 @@ def load_resume_weights(model: ConvNeXtV2CXR, path: str | Path) -> bool:
     if "classifier.0.weight" in state and "head.classifier.weight" not in state:
         keep = {k: v for k, v in state.items() if k.startswith("backbone.")}
         keep.update({"bn." + k[len("classifier.0."):]: v for k, v in state.items() if k.startswith("classifier.0.")})
-        try:
-            _, unexpected = model.load_state_dict(keep, strict=False)
-        except RuntimeError as exc:  # shape mismatches (another --model)
-            raise ValueError(f"--resume_checkpoint {path}: weights do not fit the model "
-                             f"({_mismatch_line(exc)})") from None
-        if unexpected:
-            raise ValueError(f"--resume_checkpoint {path}: unexpected keys {sorted(unexpected)[:5]}")
+        load_state_dict_strict(model, keep, f"--resume_checkpoint {path}", allow_missing=True)
         reset_csra_head(model)
         _log_load(path, len(keep), sorted(set(state) - set(k for k in state if k.startswith(("backbone.", "classifier.0.")))))
         return False
-    load_state_dict_checked(model, state, f"--resume_checkpoint {path}")
+    load_state_dict_strict(model, state, f"--resume_checkpoint {path}")
     return True

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from common.checkpoint import load_weights_file
+from common.checkpoint import load_state_dict_strict, load_weights_file
 from common.dist import init_distributed
 from common.engine import build_loader, collect_outputs, to_device
 from common.run import RunDir
@@ -32,17 +32,7 @@ def load_model_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Strictly load a training checkpoint's ``model`` entry (or a bare state dict) into ``model``."""
     if not Path(path).is_file():
         raise ConfigError(f"--checkpoint: weights file not found: {path}")
-    state = load_weights_file(path)
-    own = model.state_dict()
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-             if k in own and v.shape != own[k].shape]
-    if wrong:  # load_state_dict would raise a RuntimeError with one line per tensor
-        raise ConfigError(f"--checkpoint {path}: weights do not fit the model built from the config "
-                          f"({len(wrong)} tensors differ in shape, e.g. {wrong[:3]}); check model.* in --config/--opts")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ConfigError(f"--checkpoint {path}: weights do not fit the model built from the config "
-                          f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})")
+    load_state_dict_strict(model, load_weights_file(path), f"--checkpoint {path}")
 
 
 def evaluate_from_config(cfg: ExperimentConfig, *, task_type: str, checkpoint: str, output_dir: str, gpu: int = 0,

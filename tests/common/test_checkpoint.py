@@ -108,3 +108,22 @@ def test_atomic_writes_get_normal_file_permissions(tmp_path):
     plain = tmp_path / "plain.txt"
     plain.write_text("x")
     assert (tmp_path / "a.pth").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
+def test_load_state_dict_strict_one_line_errors():
+    from torch import nn
+
+    from common.checkpoint import load_state_dict_strict
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    load_state_dict_strict(model, good, "x.pth")
+    bad_shape = dict(good, **{"1.weight": torch.zeros(5, 4)})
+    with pytest.raises(CheckpointError, match=r"^--checkpoint x\.pth: .*1 tensors differ in shape.*1\.weight \(5, 4\) vs \(2, 4\)"):
+        load_state_dict_strict(model, bad_shape, "--checkpoint x.pth")
+    partial = {k: v for k, v in good.items() if k.startswith("0.")}
+    with pytest.raises(CheckpointError, match=r"2 missing, e\.g\. \['1\.bias', '1\.weight'\]; 0 unexpected"):
+        load_state_dict_strict(model, partial, "x.pth")
+    load_state_dict_strict(model, partial, "x.pth", allow_missing=True)
+    with pytest.raises(CheckpointError, match="1 unexpected"):
+        load_state_dict_strict(model, dict(good, extra=torch.zeros(1)), "x.pth", allow_missing=True)

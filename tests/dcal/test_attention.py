@@ -180,7 +180,7 @@ def test_pretrained_weights_are_loaded_and_not_reinitialised(tmp_path):
     with pytest.raises(ValueError, match="bad.pth.*missing"):
         create_backbone("deit_tiny_patch16_224", img_size=(224, 224), depth=2, pretrained_path=str(tmp_path / "bad.pth"))
     # wrong architecture: a one-line error naming the key, not torch's per-tensor RuntimeError
-    with pytest.raises(ValueError, match=r"model.pretrained_path .*deit.pth: weights do not fit backbone shapes"):
+    with pytest.raises(ValueError, match=r"model.pretrained_path .*deit.pth \(check model.backbone_name\): weights do not fit the model \(30 tensors differ in shape"):
         create_backbone("deit_small_patch16_224", img_size=(224, 224), depth=2, pretrained_path=str(tmp_path / "deit.pth"))
 
 

@@ -80,10 +80,10 @@ def test_script_errors(cub_root, veri_root, tmp_path):
 
     big = load_config(FGVC_CONFIG, [*tiny_opts(cub_root, 4, tmp_path), "model.img_size=64", "data.image_size=[64,64]"])
     torch.save({"model": build_model(big).state_dict()}, tmp_path / "w64.pth")
-    with pytest.raises(ConfigError, match=r"--checkpoint .*w64.pth: .*1 tensors differ in shape.*backbone.pos_embed"):
+    with pytest.raises(ValueError, match=r"--checkpoint .*w64.pth: .*1 tensors differ in shape.*backbone.pos_embed"):
         eval_fgvc.main(_parse(eval_fgvc, ["--config", str(FGVC_CONFIG), "--checkpoint", str(tmp_path / "w64.pth"),
                                           "--output_dir", str(tmp_path / "e"), "--opts", *tiny_opts(cub_root, 4, tmp_path)]))
-    with pytest.raises(ConfigError, match="--checkpoint .*missing"):
+    with pytest.raises(ValueError, match="--checkpoint .*54 missing.*1 unexpected"):
         torch.save({"model": {"x": torch.zeros(1)}}, tmp_path / "w.pth")
         eval_reid.main(_parse(eval_reid, ["--config", str(REID_CONFIG), "--checkpoint", str(tmp_path / "w.pth"),
                                           "--output_dir", str(tmp_path / "e"), "--opts", *tiny_opts(veri_root, 4, tmp_path)]))

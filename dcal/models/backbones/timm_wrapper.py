@@ -12,7 +12,7 @@ from pathlib import Path
 import timm
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from common.checkpoint import load_weights_file
+from common.checkpoint import load_state_dict_strict, load_weights_file
 from dcal.models.attention.self_attention import check_block
 
 logger = logging.getLogger(__name__)
@@ -93,16 +93,7 @@ def load_pretrained(vit: VisionTransformer, path: str | Path) -> None:
     state = {k: v for k, v in state.items() if k not in _HEAD_KEYS}
     # timm's filter resamples pos_embed/patch_embed to this model's grid and maps original key names
     state = checkpoint_filter_fn(state, vit)
-    own = vit.state_dict()
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-             if k in own and v.shape != own[k].shape]
-    if wrong:  # load_state_dict would raise a RuntimeError with one line per tensor
-        raise ValueError(f"model.pretrained_path {path}: weights do not fit backbone shapes "
-                         f"({len(wrong)} tensors, e.g. {wrong[:3]}); check model.backbone_name")
-    missing, unexpected = vit.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"model.pretrained_path {path}: pretrained weights do not fit the backbone "
-                         f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})")
+    load_state_dict_strict(vit, state, f"model.pretrained_path {path} (check model.backbone_name)")
     logger.info("loaded pretrained backbone weights from %s", path)
 
 
