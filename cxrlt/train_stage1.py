@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from common.cli import run_main, str2bool
+from common.cli import run_main
 from common.dist import init_distributed
 from common.engine import build_loader
 from common.run import RunDir
+from cxrlt.cli import add_asl_args, add_backbone_args, add_loader_args, add_phase_args, add_run_args
 from cxrlt.data import (
-    BAD_IMAGE_POLICIES,
     UNCERTAIN_POLICIES,
     CXRDataset,
     EvalTransform,
@@ -47,48 +47,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--uncertain_policy", choices=UNCERTAIN_POLICIES, default="zeros",
                    help="-1 labels: zeros (U-Zeros), ones (U-Ones) or ignore (masked from the loss); blanks are 0 "
                         "(default: zeros)")
-    g.add_argument("--image_size", type=int, default=512, help="square input side (default: 512)")
-    g.add_argument("--batch_size", type=int, default=64, help="training batch per process (default: 64)")
-    g.add_argument("--val_batch_size", type=int, default=32, help="validation batch per process (default: 32)")
-    g.add_argument("--num_workers", type=int, default=4, help="loader workers (default: 4)")
-    g.add_argument("--bad_image", choices=BAD_IMAGE_POLICIES, default="error",
-                   help="unreadable image: error (names the file) or zeros (black image) (default: error)")
+    add_loader_args(g)
     g.add_argument("--random_seed", type=int, default=42, help="seed of torch (seed + rank) and shuffling (default: 42)")
 
     g = parser.add_argument_group("model")
-    g.add_argument("--model", default="convnextv2_base", help="timm backbone (default: convnextv2_base)")
-    g.add_argument("--pretrained", type=str2bool, default=True,
-                   help="timm ImageNet-22k weights (fcmae_ft_in22k_in1k) for the backbone (default: true)")
-    g.add_argument("--drop_path", type=float, default=0.2, help="backbone stochastic depth (default: 0.2)")
+    add_backbone_args(g, pretrained_help="timm ImageNet-22k weights (fcmae_ft_in22k_in1k) for the backbone")
     g.add_argument("--dropout", type=float, default=0.3, help="dropout of the MLP head (default: 0.3)")
 
     g = parser.add_argument_group("schedule")
     g.add_argument("--warmup_head_epochs", type=int, default=3, help="head-only epochs (default: 3)")
-    g.add_argument("--warmup_head_lr", type=float, default=1e-3, help="warm-up lr (default: 1e-3)")
-    g.add_argument("--warmup_weight_decay", type=float, default=0.01, help="(default: 0.01)")
-    g.add_argument("--finetune_epochs", type=int, default=60, help="full fine-tune epochs (default: 60)")
+    add_phase_args(g)
     g.add_argument("--backbone_lr", type=float, default=1e-5, help="fine-tune backbone lr (default: 1e-5)")
     g.add_argument("--head_lr", type=float, default=1e-4, help="fine-tune head lr (default: 1e-4)")
     g.add_argument("--weight_decay", type=float, default=0.05, help="fine-tune weight decay, both groups (default: 0.05)")
-    g.add_argument("--min_lr_factor", type=float, default=0.01, help="floor of the cosine factor (default: 0.01)")
-    g.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping, <= 0 disables (default: 1.0)")
-    g.add_argument("--ema_decay", type=float, default=0.9999, help="EMA decay (default: 0.9999)")
-    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="fp16",
-                   help="autocast dtype; fp16 becomes bf16 on CPU (default: fp16)")
 
     g = parser.add_argument_group("loss")
     g.add_argument("--loss", choices=("asl_official", "asl"), default="asl_official",
                    help="asl_official = Alibaba-MIIL ASL (sum); asl = the repo's losses.py variant (default: asl_official)")
-    g.add_argument("--gamma_neg", type=float, default=4.0, help="(default: 4)")
-    g.add_argument("--gamma_pos", type=float, default=0.0, help="(default: 0)")
-    g.add_argument("--asl_clip", type=float, default=0.05, help="(default: 0.05)")
+    add_asl_args(g)
     g.add_argument("--la_tau", type=float, default=1.0, help="logit-adjustment tau, 0 disables (default: 1.0)")
 
     g = parser.add_argument_group("run")
-    g.add_argument("--output_dir", default="./outputs/checkpoints", help="(default: ./outputs/checkpoints)")
-    g.add_argument("--resume", default="",
-                   help="'' = fresh, 'auto' = continue the run in --output_dir, or a phase-2 checkpoint_last.pth (default: '')")
-    g.add_argument("--device", default="cuda", help="cuda or cpu (default: cuda)")
+    add_run_args(g, output_dir="./outputs/checkpoints")
     return parser
 
 

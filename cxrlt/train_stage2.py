@@ -18,7 +18,8 @@ from common.data.samplers import RepeatFactorSampler
 from common.dist import init_distributed
 from common.engine import build_loader
 from common.run import RunDir
-from cxrlt.data import BAD_IMAGE_POLICIES, CXRDataset, EvalTransform, TrainTransform, read_padchest
+from cxrlt.cli import add_asl_args, add_backbone_args, add_loader_args, add_phase_args, add_run_args
+from cxrlt.data import CXRDataset, EvalTransform, TrainTransform, read_padchest
 from cxrlt.losses import LOSSES, build_loss
 from cxrlt.model import HEAD_TYPES, ConvNeXtV2CXR, load_pretrained_and_surgery, load_resume_weights
 from cxrlt.task import CXRTask, PhaseSettings, two_phase_fit
@@ -38,18 +39,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--val_split", type=float, default=0.1, help="patient-grouped validation share (default: 0.1)")
     g.add_argument("--random_seed", type=int, default=42,
                    help="seed of the split, the sampler (seed + epoch) and torch (seed + rank) (default: 42)")
-    g.add_argument("--image_size", type=int, default=512, help="square input side (default: 512)")
-    g.add_argument("--batch_size", type=int, default=64, help="training batch per process (default: 64)")
-    g.add_argument("--val_batch_size", type=int, default=32, help="validation batch per process (default: 32)")
-    g.add_argument("--num_workers", type=int, default=4, help="loader workers (default: 4)")
-    g.add_argument("--bad_image", choices=BAD_IMAGE_POLICIES, default="error",
-                   help="unreadable image: 'error' names the file; 'zeros' = original silent black image (default: error)")
+    add_loader_args(g)
 
     g = parser.add_argument_group("model")
-    g.add_argument("--model", default="convnextv2_base", help="timm backbone (default: convnextv2_base)")
-    g.add_argument("--pretrained", type=str2bool, default=True,
-                   help="timm ImageNet weights for the backbone before the stage-1 load (default: true)")
-    g.add_argument("--drop_path", type=float, default=0.2, help="backbone stochastic depth (default: 0.2)")
+    add_backbone_args(g, pretrained_help="timm ImageNet weights for the backbone before the stage-1 load")
     g.add_argument("--head", choices=HEAD_TYPES, default="csra_dbcas",
                    help="csra_dbcas = the seed's head; csra = official CSRA/MHA (default: csra_dbcas)")
     g.add_argument("--lam", type=float, default=0.1, help="CSRA lambda (default: 0.1)")
@@ -64,24 +57,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g = parser.add_argument_group("schedule")
     g.add_argument("--warmup_head_epochs", type=int, default=10, help="head-only epochs (default: 10)")
-    g.add_argument("--warmup_head_lr", type=float, default=1e-3, help="warm-up lr, constant (default: 1e-3)")
-    g.add_argument("--warmup_weight_decay", type=float, default=0.01, help="warm-up AdamW weight decay (default: 0.01)")
+    add_phase_args(g)
     g.add_argument("--warmup_backbone_eval", type=str2bool, default=False,
                    help="frozen backbone in eval mode during warm-up (original keeps drop-path active: quirk 11) (default: false)")
-    g.add_argument("--finetune_epochs", type=int, default=60, help="full fine-tune epochs (default: 60)")
     g.add_argument("--backbone_lr", type=float, default=1.5e-5, help="fine-tune backbone lr (default: 1.5e-5)")
     g.add_argument("--head_lr", type=float, default=1.5e-4, help="fine-tune bn + head lr (default: 1.5e-4)")
     g.add_argument("--backbone_weight_decay", type=float, default=0.01, help="(default: 0.01)")
     g.add_argument("--head_weight_decay", type=float, default=0.05, help="(default: 0.05)")
     g.add_argument("--lr_warmup_epochs", type=int, default=5,
                    help="linear lr warm-up epochs of the fine-tune, then cosine (default: 5)")
-    g.add_argument("--min_lr_factor", type=float, default=0.01, help="floor of the cosine factor (default: 0.01)")
-    g.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping, <= 0 disables (default: 1.0)")
-    g.add_argument("--ema_decay", type=float, default=0.9999, help="EMA decay (timm ModelEmaV2) (default: 0.9999)")
     g.add_argument("--warmup_best_is_bar", type=str2bool, default=True,
                    help="phase-2 EMA must beat the warm-up's best mAP before the first best checkpoint (quirk 12) (default: true)")
-    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="fp16",
-                   help="autocast dtype; fp16 becomes bf16 on CPU (default: fp16)")
 
     g = parser.add_argument_group("sampling and loss")
     g.add_argument("--sampler", choices=("cas", "random"), default="cas",
@@ -103,16 +89,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_margin", type=float, default=0.2, help="(default: 0.2)")
     g.add_argument("--margin_direction", choices=("head", "tail"), default="head",
                    help="which classes get the large margin: head = original (quirk 5) (default: head)")
-    g.add_argument("--gamma_neg", type=float, default=4.0, help="ASL gamma- (default: 4)")
-    g.add_argument("--gamma_pos", type=float, default=0.0, help="ASL gamma+ (default: 0)")
-    g.add_argument("--asl_clip", type=float, default=0.05, help="ASL clip (default: 0.05)")
+    add_asl_args(g)
 
     g = parser.add_argument_group("run")
-    g.add_argument("--output_dir", default="./outputs/checkpoints_padchest_db_cas",
-                   help="checkpoints, logs, metrics.json (default: ./outputs/checkpoints_padchest_db_cas)")
-    g.add_argument("--resume", default="",
-                   help="'' = fresh, 'auto' = continue the run in --output_dir, or a phase-2 checkpoint_last.pth (default: '')")
-    g.add_argument("--device", default="cuda", help="cuda or cpu (default: cuda)")
+    add_run_args(g, output_dir="./outputs/checkpoints_padchest_db_cas")
     return parser
 
 

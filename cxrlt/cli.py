@@ -1,0 +1,51 @@
+"""Flags shared by the two stage trainers (same names and defaults in both; the stage scripts add
+their own data, head, schedule and loss flags)."""
+
+from __future__ import annotations
+
+import argparse
+
+from common.cli import str2bool
+from cxrlt.data import BAD_IMAGE_POLICIES
+
+_Group = argparse._ArgumentGroup
+
+
+def add_loader_args(g: _Group) -> None:
+    g.add_argument("--image_size", type=int, default=512, help="square input side (default: 512)")
+    g.add_argument("--batch_size", type=int, default=64, help="training batch per process (default: 64)")
+    g.add_argument("--val_batch_size", type=int, default=32, help="validation batch per process (default: 32)")
+    g.add_argument("--num_workers", type=int, default=4, help="loader workers (default: 4)")
+    g.add_argument("--bad_image", choices=BAD_IMAGE_POLICIES, default="error",
+                   help="unreadable image: 'error' names the file; 'zeros' = original silent black image (default: error)")
+
+
+def add_backbone_args(g: _Group, *, pretrained_help: str) -> None:
+    g.add_argument("--model", default="convnextv2_base", help="timm backbone (default: convnextv2_base)")
+    g.add_argument("--pretrained", type=str2bool, default=True, help=f"{pretrained_help} (default: true)")
+    g.add_argument("--drop_path", type=float, default=0.2, help="backbone stochastic depth (default: 0.2)")
+
+
+def add_phase_args(g: _Group) -> None:
+    """Settings of the head warm-up and the full fine-tune that both stages share."""
+    g.add_argument("--warmup_head_lr", type=float, default=1e-3, help="warm-up lr, constant (default: 1e-3)")
+    g.add_argument("--warmup_weight_decay", type=float, default=0.01, help="warm-up AdamW weight decay (default: 0.01)")
+    g.add_argument("--finetune_epochs", type=int, default=60, help="full fine-tune epochs (default: 60)")
+    g.add_argument("--min_lr_factor", type=float, default=0.01, help="floor of the cosine factor (default: 0.01)")
+    g.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping, <= 0 disables (default: 1.0)")
+    g.add_argument("--ema_decay", type=float, default=0.9999, help="EMA decay (timm ModelEmaV2) (default: 0.9999)")
+    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="fp16",
+                   help="autocast dtype; fp16 becomes bf16 on CPU (default: fp16)")
+
+
+def add_asl_args(g: _Group) -> None:
+    g.add_argument("--gamma_neg", type=float, default=4.0, help="ASL gamma- (default: 4)")
+    g.add_argument("--gamma_pos", type=float, default=0.0, help="ASL gamma+ (default: 0)")
+    g.add_argument("--asl_clip", type=float, default=0.05, help="ASL clip (default: 0.05)")
+
+
+def add_run_args(g: _Group, *, output_dir: str) -> None:
+    g.add_argument("--output_dir", default=output_dir, help=f"checkpoints, logs, metrics.json (default: {output_dir})")
+    g.add_argument("--resume", default="",
+                   help="'' = fresh, 'auto' = continue the run in --output_dir, or a phase-2 checkpoint_last.pth (default: '')")
+    g.add_argument("--device", default="cuda", help="cuda or cpu (default: cuda)")
