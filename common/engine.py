@@ -255,20 +255,21 @@ class _Meters:
     """Sample-weighted running means of scalar outputs, reduced across ranks at the end."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
+        # tensor sums stay on their device: no host synchronisation per training step
+        self.sums: dict[str, torch.Tensor | float] = {}
         self.count = 0
 
     def update(self, out: Mapping[str, Any], n: int) -> None:
         for k, v in out.items():
             if isinstance(v, torch.Tensor) and v.numel() == 1:
-                self.sums[k] = self.sums.get(k, 0.0) + float(v.detach()) * n
+                self.sums[k] = self.sums.get(k, 0.0) + v.detach().double().reshape(()) * n
             elif isinstance(v, float | int) and not isinstance(v, bool):
                 self.sums[k] = self.sums.get(k, 0.0) + float(v) * n
         self.count += n
 
     def averages(self, ctx: DistContext) -> dict[str, float]:
         keys = sorted(self.sums)
-        t = torch.tensor([self.sums[k] for k in keys] + [float(self.count)], dtype=torch.float64,
+        t = torch.tensor([float(self.sums[k]) for k in keys] + [float(self.count)], dtype=torch.float64,
                          device=ctx.device if ctx.device.type == "cuda" else "cpu")
         if ctx.distributed:
             torch.distributed.all_reduce(t)
