@@ -93,6 +93,9 @@ class FitConfig:
     accum_steps: int = 1
     monitor: str = "mAP"
     monitor_mode: str = "max"
+    # an epoch counts as better only when it improves on the best by more than this (fastai's
+    # SaveModelCallback / EarlyStoppingCallback ``min_delta``)
+    min_delta: float = 0.0
     patience: int | None = None
     eval_ema: bool = False
     select_on_ema: bool = False
@@ -245,6 +248,13 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
+def _set_momentum(group: dict, momentum: float) -> None:
+    if "betas" in group:
+        group["betas"] = (momentum, group["betas"][1])
+    elif "momentum" in group:
+        group["momentum"] = momentum
+
+
 def _progress(iterable: Iterable, desc: str, enabled: bool, total: int | None = None):
     interactive = sys.stderr.isatty()
     return tqdm(iterable, desc=desc, total=total, disable=not enabled, dynamic_ncols=True,
@@ -300,8 +310,11 @@ def train_one_epoch(
     for i, batch in enumerate(bar):
         boundary = (i + 1) % accum == 0 or i + 1 == n_batches
         if schedule is not None and (i % accum == 0):
+            momentum_for = getattr(schedule, "momentum_for", None)
             for group in optimizer.param_groups:
                 group["lr"] = schedule.lr_for(state.update, group)
+                if momentum_for is not None:  # one-cycle schedules also cycle Adam's beta1 / SGD momentum
+                    _set_momentum(group, momentum_for(state.update))
         batch = to_device(batch, device)
         sync = nullcontext()
         if isinstance(task, DistributedDataParallel) and not boundary:
@@ -407,10 +420,10 @@ def _callback_key(i: int, cb: Any) -> str:
     return f"{i}:{type(cb).__name__}"
 
 
-def _is_better(value: float, best: float | None, mode: str) -> bool:
+def _is_better(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
     if best is None:
         return True
-    return value > best if mode == "max" else value < best
+    return value - min_delta > best if mode == "max" else value + min_delta < best
 
 
 def _metrics_summary(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -508,7 +521,7 @@ def fit(
         is_best = False
         if monitor_key in record:
             value = float(record[monitor_key])
-            if _is_better(value, state.best_metric, config.monitor_mode):
+            if _is_better(value, state.best_metric, config.monitor_mode, config.min_delta):
                 state.best_metric, state.best_epoch, state.epochs_since_best = value, epoch, 0
                 state.best_record = record
                 is_best = True
