@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,19 +33,38 @@ def str2bool(value: str | bool) -> bool:
     )
 
 
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX-BF16).
+
+    Without it (e.g. AVX2-only CPUs) bf16 autocast is emulated and several times slower than fp32.
+    Linux: the CPU flags; elsewhere oneDNN's own bf16 check.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for ``--amp`` ("none", "bf16", "fp16", "auto") on ``device``.
 
-    CPU autocast is bf16 only: "fp16" on CPU becomes bf16 with a warning. "auto" picks bf16 on CPU and
-    on GPUs that support it, else fp16 (the behaviour of the DvXray original).
+    CPU autocast is bf16 only: "fp16" on CPU becomes bf16 with a warning. "auto" picks bf16 on GPUs
+    that support it, else fp16 (the behaviour of the DvXray original); on CPU it picks bf16 only where
+    the CPU has native bf16 (:func:`cpu_has_native_bf16`), fp32 otherwise, and logs the choice.
     """
     amp = amp.lower()
     if amp in ("none", "off", "false", "fp32"):
         return None
     if amp == "auto":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            return torch.float16
-        return torch.bfloat16
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if cpu_has_native_bf16():
+            _logger.info("--amp auto: bf16 autocast (the CPU has native bf16)")
+            return torch.bfloat16
+        _logger.info("--amp auto: fp32 (this CPU has no native bf16, where bf16 autocast is slower than fp32)")
+        return None
     if amp == "bf16":
         return torch.bfloat16
     if amp == "fp16":

@@ -61,3 +61,16 @@ def test_run_main_unwraps_errors_raised_in_loader_workers(tmp_path, capsys, monk
         run_main(load_all, argparse.Namespace())
     err = capsys.readouterr().err
     assert err == f"error: image not found: {missing} (listed at list.txt:7)\n"
+
+
+def test_resolve_amp_auto_on_cpu_uses_bf16_only_with_native_support(monkeypatch):
+    import common.cli as cli
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(cli, "cpu_has_native_bf16", lambda: False)
+    assert cli.resolve_amp("auto", cpu) is None
+    monkeypatch.setattr(cli, "cpu_has_native_bf16", lambda: True)
+    assert cli.resolve_amp("auto", cpu) is torch.bfloat16
+    # an explicit request is honoured whatever the CPU
+    monkeypatch.setattr(cli, "cpu_has_native_bf16", lambda: False)
+    assert cli.resolve_amp("bf16", cpu) is torch.bfloat16
