@@ -61,12 +61,24 @@ class DvXrayTask(Task):
     Args:
         model: ``ConvNeXtV2Dual``.
         criterion: the ``--base_loss`` criterion (its buffers, e.g. MCB-Convex ``ema_w``, are
-            checkpointed with the task).
+            checkpointed with the task, as is the model's signal channel).
     """
 
     def __init__(self, model: nn.Module, criterion: nn.Module):
         super().__init__(model)
         self.criterion = criterion
+
+    # The signal channel's state (CoordAtt-U's w_mcb EMA) is saved with the task (checkpoint key
+    # ``task``, entry ``_extra_state``), not in the model's state_dict, whose keys stay exactly the
+    # original's; resume and eval_only.py restore it (the original lost it, quirk 5).
+    def get_extra_state(self) -> dict:
+        signal = getattr(self.model, "signal", None)
+        return {"signal": signal.state_dict()} if signal is not None else {}
+
+    def set_extra_state(self, state: dict) -> None:
+        signal = getattr(self.model, "signal", None)
+        if signal is not None and state.get("signal") is not None:
+            signal.load_state_dict(state["signal"])
 
     def forward(self, batch: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         img_a, img_b, target = batch

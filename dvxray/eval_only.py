@@ -9,8 +9,9 @@ Differences: without ``--output_csv`` the row goes to ``eval_<list name>.csv`` n
 (the original then wrote nothing); the CoordAtt-U signal state saved in the checkpoint is restored
 (``--restore_signal false`` evaluates like the original, whose fresh process had no signal and so
 applied no gain). Checkpoints written by the original code (``model``/``model_ema`` + ``args``) are
-accepted too: flags it did not have take their defaults, its empty ``backbone.head`` is dropped, and
-the BatchNorm buffers its parameter-only ``model_ema`` lacks stay at their initial values (as there).
+accepted too: the model's state-dict keys are the original's (its empty ``backbone.head`` included), flags
+it did not have take their defaults, and the BatchNorm buffers its parameter-only ``model_ema`` lacks
+stay at their initial values (as there).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from common.checkpoint import CheckpointError, load_checkpoint
@@ -58,18 +58,15 @@ def _ema_weights(ckpt: dict) -> dict | None:
 
 
 # keys a checkpoint of the original code does not hold: BatchNorm buffers (its ``model_ema`` has
-# parameters only; the original evaluated with fresh buffers, quirk 4) and the signal state (quirk 5)
-_MAY_BE_ABSENT = ("running_mean", "running_var", "num_batches_tracked", "_extra_state")
+# parameters only; the original evaluated with fresh buffers, quirk 4)
+_MAY_BE_ABSENT = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def load_eval_weights(model: nn.Module, weights: dict, source: str) -> None:
-    """Strict loading, except what an original MCB-U checkpoint cannot hold (see ``_MAY_BE_ABSENT``).
+    """Strict loading, except the BatchNorm buffers a parameter-only EMA lacks (``_MAY_BE_ABSENT``).
 
-    The original backbone's empty ``backbone.head`` (Linear(C, 0), quirk 12) is dropped. Any other
-    missing or unexpected key raises ``CheckpointError``.
+    Any other missing or unexpected key raises ``CheckpointError``.
     """
-    weights = {k: v for k, v in weights.items()
-               if not (k.startswith("backbone.head.") and isinstance(v, torch.Tensor) and v.numel() == 0)}
     own = model.state_dict()
     unexpected = sorted(k for k in weights if k not in own)
     missing = sorted(k for k in own if k not in weights)
@@ -99,8 +96,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if weights is None:
         weights = ckpt["model"]
     load_eval_weights(model, weights, f"{args.checkpoint} ({source} weights)")
-    if not args.restore_signal:
-        signal.clear()
+    signal_state = ((ckpt.get("task") or {}).get("_extra_state") or {}).get("signal")
+    if args.restore_signal and signal_state is not None:
+        signal.load_state_dict(signal_state)
     total_m, trainable_m = count_params(model)
     print(f"[eval] {args.checkpoint} ({source} weights): {total_m:.3f}M parameters, {trainable_m:.3f}M trainable")
 

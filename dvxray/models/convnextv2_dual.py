@@ -8,10 +8,25 @@ passes (the original does two passes); ``batch_views=False`` restores the two-pa
 Levels: backbone stage i (``--out_indices``) is named C{i+2}, so stages 1, 2, 3 are C3, C4, C5.
 Levels not listed in ``--fuse_levels`` use the OL view's features alone (not documented by the
 reference). When the SD view is missing the OL view is used twice (as in the original).
+
+State-dict names are the original's (reference ``dvxray.md`` §10.3a), so an original checkpoint loads
+strict into this model and this model's into the original: ``backbone.*`` (with the original's empty
+``backbone.head`` Linear(C, 0), quirk 12), ``fpn.*`` (``fpn_fuse`` only), ``fpn_pan.*`` with the
+attention at ``fpn_pan.attn3/attn4/attn5`` (``fpn_pan`` only), a parameter-free ``global_pool`` and the
+top-level ``classifier``. The classifier's input is, as there, C5's channels for ``c5``, the sum of the
+fused levels' channels for ``fpn`` and ``--fpn_out_channels`` for ``fpn_fuse``/``fpn_pan``. The forward
+passes of ``c5``, ``fpn`` and ``fpn_fuse`` are not documented by the reference; here ``c5`` classifies
+GAP(fused C5), ``fpn`` the concatenated GAPs of the fused levels (the form its classifier width
+implies) and ``fpn_fuse`` the mean of GAP(P3), GAP(P4), GAP(P5). The original builds attention modules
+only inside ``FPN_PAN``, so ``--attention_config`` is refused for the other heads. The fusion modules
+(``fusions.*``, ``inter_level.*``) are this re-implementation's: the reference names the original's
+(``xattn_fuses``, ``fuse_convs``, ``gated_fuses``, ``ahcr_fuser``) but not their insides, and the
+published ``add`` fusion has no parameters.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -20,7 +35,7 @@ from torch import nn
 
 from dvxray.models.modules.custom_losses.signals import SignalChannel
 from dvxray.models.modules.fusions import build_fusion, view_similarity
-from dvxray.models.modules.necks import build_head
+from dvxray.models.modules.necks import FPN, FPN_PAN, HEAD_TYPES
 
 
 def level_name(stage_index: int) -> str:
@@ -74,20 +89,32 @@ class ConvNeXtV2Dual(nn.Module):
         if fuse_mode == "ahcr" and ahcr_mode == "inter_level":
             for lv, c, c_next in zip(self.levels[:-1], channels[:-1], channels[1:]):
                 self.inter_level[lv] = nn.Conv2d(c_next, c, 1)
-        self.head = build_head(head_type, channels, fpn_out_channels, num_classes, attention_config, signal)
+        if head_type not in HEAD_TYPES:
+            raise ValueError(f"--head_type: unknown head '{head_type}' (choose from {', '.join(HEAD_TYPES)})")
+        if head_type in ("fpn_fuse", "fpn_pan") and len(channels) != 3:
+            raise ValueError(f"--head_type {head_type} needs three levels (--out_indices 1 2 3), got {len(channels)}")
+        if attention_config and head_type != "fpn_pan":
+            raise ValueError(f"--attention_config: head '{head_type}' has no attention placements (the original "
+                             f"builds attention only in fpn_pan, keys N3/N4/N5)")
+        # the original backbone keeps an empty Linear(C, 0) head whose keys are in its state_dict
+        if getattr(backbone, "head", None) is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "Initializing zero-element tensors is a no-op"
+                backbone.head = nn.Linear(backbone.dims[-1], 0)
+        self.fpn = FPN(channels, fpn_out_channels) if head_type == "fpn_fuse" else None
+        self.fpn_pan = FPN_PAN(channels, fpn_out_channels, attention_config, signal) if head_type == "fpn_pan" else None
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        if head_type == "c5":
+            feat_ch = channels[-1]
+        elif head_type == "fpn":
+            feat_ch = sum(c for lv, c in zip(self.levels, channels) if lv in self.fusions)
+        else:
+            feat_ch = fpn_out_channels
+        self.classifier = nn.Linear(feat_ch, num_classes)
         self.head_type = head_type
         self.return_intermediate = return_intermediate
         self.batch_views = batch_views
         self.signal = signal
-
-    # The signal channel's state (CoordAtt-U's w_mcb EMA) travels with the model's state_dict, so a
-    # checkpoint evaluates identically after resume or in eval_only.py (the original lost it, quirk 5).
-    def get_extra_state(self) -> dict:
-        return {"signal": self.signal.state_dict()} if self.signal is not None else {}
-
-    def set_extra_state(self, state: dict) -> None:
-        if self.signal is not None and state.get("signal") is not None:
-            self.signal.load_state_dict(state["signal"])
 
     def extract(self, img_a: torch.Tensor, img_b: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per-view backbone features at the kept levels."""
@@ -108,6 +135,22 @@ class ConvNeXtV2Dual(nn.Module):
                 up = F.interpolate(self.inter_level[lv](fused[i + 1]), size=fused[i].shape[-2:], mode="nearest")
                 fused[i] = fused[i] + view_similarity(feats_a[i], feats_b[i]) * up
         return fused
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        return self.global_pool(x).flatten(1)
+
+    def head(self, fused: Sequence[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits and the neck outputs from the fused levels."""
+        if self.head_type == "fpn_pan":
+            outs = self.fpn_pan(fused)
+            return self.classifier(self._pool(outs["N3"])), outs
+        if self.head_type == "fpn_fuse":
+            outs = self.fpn(fused)
+            return self.classifier(torch.stack([self._pool(outs[k]) for k in ("P3", "P4", "P5")]).mean(0)), outs
+        if self.head_type == "fpn":
+            pooled = [self._pool(f) for lv, f in zip(self.levels, fused) if lv in self.fusions]
+            return self.classifier(torch.cat(pooled, dim=1)), {}
+        return self.classifier(self._pool(fused[-1])), {}
 
     def forward(self, img_a: torch.Tensor, img_b: torch.Tensor | None = None):
         if img_b is None:

@@ -86,7 +86,8 @@ def test_official_checkpoint_converts_to_identical_features(tmp_path):
     model = ConvNeXtV2Dual(create_model("convnextv2_atto", num_classes=0), 15, fuse_mode="add", head_type="fpn_pan")
     counts = load_finetune_weights(model, dst, report_dir=tmp_path / "run")
     missing = (tmp_path / "run/finetune_missing_keys.txt").read_text().split()
-    assert not any(k.startswith("backbone.") for k in missing)
+    # only the original's empty Linear(C, 0) head is missing from the backbone, as there (quirk 12)
+    assert sorted(k for k in missing if k.startswith("backbone.")) == ["backbone.head.bias", "backbone.head.weight"]
     assert (tmp_path / "run/finetune_unexpected_keys.txt").read_text() == ""
     assert counts["loaded"] == len(sd) - 2 and counts["unexpected"] == 0 and counts["shape_skipped"] == 0
     x = torch.randn(2, 3, 64, 64)

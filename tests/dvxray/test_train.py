@@ -41,9 +41,10 @@ def test_paper_setting_runs_and_writes_original_outputs(dvxray_data, tmp_path):
     assert len(metrics["best"]["per_class_ap_ema"]) == 15
     assert summary["epochs_run"] == 2
     ckpt = torch.load(out / "checkpoint_last.pth", weights_only=True)
-    assert ckpt["model"]["_extra_state"]["signal"]["values"]["w_mcb"].shape == (15,)
+    assert ckpt["task"]["_extra_state"]["signal"]["values"]["w_mcb"].shape == (15,)
+    assert "_extra_state" not in ckpt["model"]  # the model's keys are exactly the original's
     # EMA copy keeps CoordAtt-U's BN buffers at their initial values (quirk 4)
-    assert torch.equal(ckpt["ema"]["module.head.attn.N3.base.bn1.running_var"], torch.ones(8))
+    assert torch.equal(ckpt["ema"]["module.fpn_pan.attn3.base.bn1.running_var"], torch.ones(8))
 
     # eval_only reproduces the selected (EMA) validation metrics from the best checkpoint
     ev = eval_only.main(eval_only.argparse.ArgumentParser(parents=[eval_only.get_args_parser()]).parse_args(
@@ -67,8 +68,8 @@ def test_resume_equals_uninterrupted_training(dvxray_data, tmp_path):
         for k, v in a[key].items():
             if isinstance(v, torch.Tensor):
                 assert torch.equal(v, b[key][k]), f"{key}.{k}"
-    assert torch.equal(a["model"]["_extra_state"]["signal"]["values"]["w_mcb"],
-                       b["model"]["_extra_state"]["signal"]["values"]["w_mcb"])
+    assert torch.equal(a["task"]["_extra_state"]["signal"]["values"]["w_mcb"],
+                       b["task"]["_extra_state"]["signal"]["values"]["w_mcb"])
     ma = json.loads((full / "metrics.json").read_text())
     mb = json.loads((part / "metrics.json").read_text())
     assert ma["final"] == mb["final"]
@@ -173,8 +174,9 @@ def test_eval_only_accepts_a_checkpoint_of_the_original_code(dvxray_data, tmp_pa
     orig_args = {k: v for k, v in args.items() if k not in new_flags}
     orig_args["val_list"] = str(dvxray_data / "annotations/DvXray_val.txt")
     model, _ = build_model_from_args(args)
-    sd = {k: v for k, v in model.state_dict().items() if k != "_extra_state"}
-    sd["backbone.head.weight"], sd["backbone.head.bias"] = torch.zeros(0, 320), torch.zeros(0)  # Linear(320, 0)
+    sd = model.state_dict()
+    # the original's keys (checked name by name in test_models.py), its empty Linear(320, 0) included
+    assert sd["backbone.head.weight"].shape == (0, 320) and "fpn_pan.attn3.base.conv1.weight" in sd
     ema = {k: v.clone() for k, v in model.named_parameters()}  # SimpleEMA: parameters only
     path = tmp_path / "original.pth"
     torch.save({"model": sd, "model_ema": ema, "args": orig_args, "epoch": 3}, path)
@@ -189,3 +191,17 @@ def test_eval_only_accepts_a_checkpoint_of_the_original_code(dvxray_data, tmp_pa
     torch.save({"model": {**sd, "extra.weight": torch.zeros(1)}, "args": orig_args}, path)
     with pytest.raises(eval_only.CheckpointError, match=r"unexpected \['extra.weight'\]"):
         run()
+
+
+def test_finetune_from_an_original_checkpoint_loads_every_key(dvxray_data, tmp_path):
+    from dvxray.engine_finetune import build_model_from_args, load_finetune_weights
+
+    args = _parse(tiny_args(dvxray_data, tmp_path / "unused"))
+    source, _ = build_model_from_args(args)
+    path = tmp_path / "original.pth"
+    torch.save({"model": source.state_dict(), "epoch": 3}, path)  # the original's key list (test_models.py)
+    target, _ = build_model_from_args(args)
+    counts = load_finetune_weights(target, path, report_dir=tmp_path / "run")
+    assert counts == {"loaded": len(source.state_dict()), "shape_skipped": 0, "missing": 0, "unexpected": 0}
+    assert torch.equal(target.classifier.weight, source.classifier.weight)
+    assert torch.equal(target.fpn_pan.attn3.base.conv1.weight, source.fpn_pan.attn3.base.conv1.weight)

@@ -213,14 +213,15 @@ class ECA_DA(ECA):  # noqa: N801
 
 
 class ParallelAttention(nn.Module):
-    """Sum of several attention branches applied to the same input."""
+    """Sum of several attention branches applied to the same input (held in ``attns``, the original's
+    attribute name, so the keys are ``attn3.attns.0.*``)."""
 
     def __init__(self, branches: list[nn.Module]):
         super().__init__()
-        self.branches = nn.ModuleList(branches)
+        self.attns = nn.ModuleList(branches)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sum(branch(x) for branch in self.branches)
+        return sum(branch(x) for branch in self.attns)
 
 
 def build_attention(spec: Any, channels: int, signal: SignalChannel | None = None, *, where: str = "") -> nn.Module:

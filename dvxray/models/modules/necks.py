@@ -1,16 +1,21 @@
-"""Heads over the fused C3/C4/C5 features (``--head_type``).
+"""Necks over the fused C3/C4/C5 features (``--head_type fpn_fuse`` and ``fpn_pan``).
 
-``fpn_pan`` (``FPN_PAN``, the published setting), exactly as the reference describes: all convs with
-bias, no normalisation, no activation.
+Module and attribute names are the original's (reference ``dvxray.md`` §10.3a), so they are its
+state-dict keys: the dual model holds ``FPN`` as ``fpn`` (attributes ``l3 l4 l5 s3 s4 s5``) and
+``FPN_PAN`` as ``fpn_pan`` (attributes ``fpn_l3 fpn_s3 fpn_l4 fpn_s4 fpn_l5 fpn_s5 pan_d4 pan_d5 pan_s3
+pan_s4 pan_s5`` and ``attn3``/``attn4``/``attn5`` for the ``--attention_config`` keys N3/N4/N5). The
+classifier is not part of a neck: it sits at the top level of the dual model (``classifier``).
+
+``FPN_PAN`` (the published setting), exactly as the reference describes: all convs with bias, no
+normalisation, no activation.
   P5 = s5(l5(C5)); P4 = s4(l4(C4) + up(P5)); P3 = s3(l3(C3) + up(P4))   (nearest upsampling)
   N3 = pan_s3(P3); N4 = pan_s4(P4 + pan_d4(N3)); N5 = pan_s5(P5 + pan_d5(N4))
   attention is applied after N4/N5 are computed (N4 uses the un-attended N3);
-  logits = classifier(GAP(N3)). N4/N5 (pan_d4, pan_s4, pan_d5, pan_s5 and any N4/N5 attention) do not
-  reach the logits (quirk 8); they are kept so parameter counts and checkpoints match.
+  the dual model classifies GAP(N3). N4/N5 (pan_d4, pan_s4, pan_d5, pan_s5 and any N4/N5 attention)
+  do not reach the logits (quirk 8); they are kept so parameter counts and checkpoints match.
 
-Not documented by the reference (this re-implementation's choice): ``c5`` = classifier(GAP(C5));
-``fpn`` = classifier(GAP(P3)); ``fpn_fuse`` = classifier(mean of GAP(P3), GAP(P4), GAP(P5)).
-Attention keys: N3/N4/N5 for fpn_pan, P3/P4/P5 for fpn and fpn_fuse, C5 for c5.
+``FPN`` (``fpn_fuse`` only) uses the same top-down pathway with the attribute names ``l3 … s5``; how
+the original combines P3/P4/P5 for its classifier is not documented (see the dual model).
 """
 
 from __future__ import annotations
@@ -25,123 +30,81 @@ from dvxray.models.modules.attentions import build_attention
 from dvxray.models.modules.custom_losses.signals import SignalChannel
 
 HEAD_TYPES = ("c5", "fpn", "fpn_fuse", "fpn_pan")
-ATTENTION_KEYS = {"c5": ("C5",), "fpn": ("P3", "P4", "P5"), "fpn_fuse": ("P3", "P4", "P5"),
-                  "fpn_pan": ("N3", "N4", "N5")}
+# --attention_config key -> FPN_PAN attribute (the original has attention placements nowhere else)
+ATTENTION_ATTRS = {"N3": "attn3", "N4": "attn4", "N5": "attn5"}
 
 
-def _attentions(head_type: str, config: Mapping, channels: int, signal: SignalChannel | None) -> nn.ModuleDict:
-    allowed = ATTENTION_KEYS[head_type]
-    mods = nn.ModuleDict()
-    for key, spec in config.items():
-        if key not in allowed:
-            raise ValueError(f"--attention_config: key '{key}' is not an output of head '{head_type}' "
-                             f"(valid keys: {', '.join(allowed)})")
-        mods[key] = build_attention(spec, channels, signal, where=key)
-    return mods
+def _top_down(l3: nn.Module, l4: nn.Module, l5: nn.Module, s3: nn.Module, s4: nn.Module, s5: nn.Module,
+              feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    c3, c4, c5 = feats
+    p5 = s5(l5(c5))
+    lat4 = l4(c4)
+    p4 = s4(lat4 + F.interpolate(p5, size=lat4.shape[-2:], mode="nearest"))
+    lat3 = l3(c3)
+    p3 = s3(lat3 + F.interpolate(p4, size=lat3.shape[-2:], mode="nearest"))
+    return p3, p4, p5
 
 
-class _FPN(nn.Module):
+class FPN(nn.Module):
+    """Top-down FPN (``--head_type fpn_fuse``). Args: in_channels: C3, C4, C5 channels; out_channels: width."""
+
     def __init__(self, in_channels: Sequence[int], out_channels: int):
         super().__init__()
         c3, c4, c5 = in_channels
-        self.fpn_l3 = nn.Conv2d(c3, out_channels, 1)
-        self.fpn_l4 = nn.Conv2d(c4, out_channels, 1)
-        self.fpn_l5 = nn.Conv2d(c5, out_channels, 1)
-        self.fpn_s3 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.fpn_s4 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.fpn_s5 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.l3 = nn.Conv2d(c3, out_channels, 1)
+        self.l4 = nn.Conv2d(c4, out_channels, 1)
+        self.l5 = nn.Conv2d(c5, out_channels, 1)
+        self.s3 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.s4 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.s5 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
 
-    def pyramid(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        c3, c4, c5 = feats
-        p5 = self.fpn_s5(self.fpn_l5(c5))
-        l4 = self.fpn_l4(c4)
-        p4 = self.fpn_s4(l4 + F.interpolate(p5, size=l4.shape[-2:], mode="nearest"))
-        l3 = self.fpn_l3(c3)
-        p3 = self.fpn_s3(l3 + F.interpolate(p4, size=l3.shape[-2:], mode="nearest"))
-        return p3, p4, p5
+    def forward(self, feats: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        p3, p4, p5 = _top_down(self.l3, self.l4, self.l5, self.s3, self.s4, self.s5, feats)
+        return {"P3": p3, "P4": p4, "P5": p5}
 
 
-class FPN_PAN(_FPN):  # noqa: N801 - original class name
-    """FPN + PAN neck with classification from N3 only.
+class FPN_PAN(nn.Module):  # noqa: N801 - original class name
+    """FPN + PAN neck; returns N3, N4, N5 (attention applied where configured).
 
     Args:
         in_channels: channels of C3, C4, C5.
         out_channels: neck width (``--fpn_out_channels``).
-        num_classes: classifier outputs.
-        attention_config: {"N3": spec, ...} (see ``attentions.build_attention``).
+        attention_config: {"N3": spec, ...} (see ``attentions.build_attention``), built as ``attn3`` etc.
         signal: loss-to-attention channel.
     """
 
-    def __init__(self, in_channels: Sequence[int], out_channels: int, num_classes: int,
-                 attention_config: Mapping | None = None, signal: SignalChannel | None = None):
-        super().__init__(in_channels, out_channels)
+    def __init__(self, in_channels: Sequence[int], out_channels: int, attention_config: Mapping | None = None,
+                 signal: SignalChannel | None = None):
+        super().__init__()
+        c3, c4, c5 = in_channels
+        # attribute order = the original's, so state_dict() lists the keys in the original order
+        self.fpn_l3 = nn.Conv2d(c3, out_channels, 1)
+        self.fpn_s3 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.fpn_l4 = nn.Conv2d(c4, out_channels, 1)
+        self.fpn_s4 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.fpn_l5 = nn.Conv2d(c5, out_channels, 1)
+        self.fpn_s5 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.pan_d4 = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
         self.pan_d5 = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
         self.pan_s3 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.pan_s4 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.pan_s5 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.attn = _attentions("fpn_pan", attention_config or {}, out_channels, signal)
-        self.classifier = nn.Linear(out_channels, num_classes)
+        config = dict(attention_config or {})
+        unknown = [k for k in config if k not in ATTENTION_ATTRS]
+        if unknown:
+            raise ValueError(f"--attention_config: key '{unknown[0]}' is not an output of head 'fpn_pan' "
+                             f"(valid keys: {', '.join(ATTENTION_ATTRS)})")
+        self.attn_keys = [k for k in ATTENTION_ATTRS if k in config]
+        for key in self.attn_keys:
+            setattr(self, ATTENTION_ATTRS[key], build_attention(config[key], out_channels, signal, where=key))
 
-    def forward(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        p3, p4, p5 = self.pyramid(feats)
+    def forward(self, feats: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        p3, p4, p5 = _top_down(self.fpn_l3, self.fpn_l4, self.fpn_l5, self.fpn_s3, self.fpn_s4, self.fpn_s5, feats)
         n3 = self.pan_s3(p3)
         n4 = self.pan_s4(p4 + self.pan_d4(n3))
         n5 = self.pan_s5(p5 + self.pan_d5(n4))
         outs = {"N3": n3, "N4": n4, "N5": n5}
         # attention after the whole PAN: N4 was computed from the un-attended N3 (original order)
-        for key, mod in self.attn.items():
-            outs[key] = mod(outs[key])
-        logits = self.classifier(outs["N3"].mean((2, 3)))
-        return logits, outs
-
-
-class FPNHead(_FPN):
-    """``fpn`` (classify from P3) and ``fpn_fuse`` (mean of the pooled P3, P4, P5)."""
-
-    def __init__(self, in_channels: Sequence[int], out_channels: int, num_classes: int, fuse: bool,
-                 attention_config: Mapping | None = None, signal: SignalChannel | None = None):
-        super().__init__(in_channels, out_channels)
-        self.fuse = fuse
-        self.attn = _attentions("fpn_fuse" if fuse else "fpn", attention_config or {}, out_channels, signal)
-        self.classifier = nn.Linear(out_channels, num_classes)
-
-    def forward(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        outs = dict(zip(("P3", "P4", "P5"), self.pyramid(feats)))
-        for key, mod in self.attn.items():
-            outs[key] = mod(outs[key])
-        if self.fuse:
-            pooled = torch.stack([outs[k].mean((2, 3)) for k in ("P3", "P4", "P5")]).mean(0)
-        else:
-            pooled = outs["P3"].mean((2, 3))
-        return self.classifier(pooled), outs
-
-
-class C5Head(nn.Module):
-    """Classifier on the pooled fused C5."""
-
-    def __init__(self, in_channels: Sequence[int], num_classes: int, attention_config: Mapping | None = None,
-                 signal: SignalChannel | None = None):
-        super().__init__()
-        self.attn = _attentions("c5", attention_config or {}, in_channels[-1], signal)
-        self.classifier = nn.Linear(in_channels[-1], num_classes)
-
-    def forward(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        c5 = feats[-1]
-        if "C5" in self.attn:
-            c5 = self.attn["C5"](c5)
-        return self.classifier(c5.mean((2, 3))), {"C5": c5}
-
-
-def build_head(head_type: str, in_channels: Sequence[int], out_channels: int, num_classes: int,
-               attention_config: Mapping | None, signal: SignalChannel | None) -> nn.Module:
-    """Head for ``--head_type`` (one of HEAD_TYPES)."""
-    if head_type == "c5":
-        return C5Head(in_channels, num_classes, attention_config, signal)
-    if len(in_channels) != 3:
-        raise ValueError(f"--head_type {head_type} needs three levels (--out_indices 1 2 3), got {len(in_channels)}")
-    if head_type == "fpn_pan":
-        return FPN_PAN(in_channels, out_channels, num_classes, attention_config, signal)
-    if head_type in ("fpn", "fpn_fuse"):
-        return FPNHead(in_channels, out_channels, num_classes, head_type == "fpn_fuse", attention_config, signal)
-    raise ValueError(f"--head_type: unknown head '{head_type}' (choose from {', '.join(HEAD_TYPES)})")
+        for key in self.attn_keys:
+            outs[key] = getattr(self, ATTENTION_ATTRS[key])(outs[key])
+        return outs
