@@ -40,8 +40,23 @@ def add_phase_args(g: _Group) -> None:
 
 def add_asl_args(g: _Group) -> None:
     g.add_argument("--gamma_neg", type=float, default=4.0, help="ASL gamma- (default: 4)")
-    g.add_argument("--gamma_pos", type=float, default=0.0, help="ASL gamma+ (default: 0)")
+    g.add_argument("--gamma_pos", type=float, default=None,
+                   help="ASL gamma+ (default: the loss's own: 1 for asl as the original losses.py, 0 for "
+                        "asl_official as train_standard_head.py)")
     g.add_argument("--asl_clip", type=float, default=0.05, help="ASL clip (default: 0.05)")
+    g.add_argument("--asl_neg_weighting", choices=("original", "conventional"), default="original",
+                   help="--loss asl only: negatives weighted by (1 - p_clamped)^gamma_neg as the original losses.py "
+                        "(emphasises easy negatives), or the conventional ASL p_clamped^gamma_neg (default: original)")
+
+
+def asl_kwargs_from_args(args: argparse.Namespace, loss: str) -> dict:
+    """Keyword arguments of the ``--loss`` ASL class from the flags of ``add_asl_args``."""
+    kw = dict(gamma_neg=args.gamma_neg, clip=args.asl_clip)
+    if args.gamma_pos is not None:
+        kw["gamma_pos"] = args.gamma_pos
+    if loss == "asl":
+        kw["neg_weighting"] = args.asl_neg_weighting
+    return kw
 
 
 def add_run_args(g: _Group, *, output_dir: str) -> None:

@@ -7,8 +7,9 @@
 - ``AsymmetricLoss``: official ASL (Ridnik et al., ICCV 2021): probability shift for negatives, focusing
   weight without gradient, **sum** reduction; optional logit clamp (the older ``train_standard_head.py``
   clamps to [-80, 80]).
-- ``ClampedAsymmetricLoss``: the variant in the original ``losses.py`` (negative probability clamped to
-  p <= 1 - clip instead of shifted, mean reduction), the loss the README names for stage 2.
+- ``ClampedAsymmetricLoss``: the variant in the original ``losses.py``, exactly (negative probability
+  clamped to p <= 1 - clip instead of shifted, negatives weighted by (1 - p_clamped) ** gamma_neg,
+  log(p + eps), mean reduction, defaults 4 / 1 / 0.05), the loss the README names for stage 2.
 - ``logit_adjust``: z - tau * log(prior + 1e-8) (Menon et al., 2021), applied in training only.
 """
 
@@ -114,22 +115,45 @@ class AsymmetricLoss(nn.Module):
         return -loss.sum()
 
 
-class ClampedAsymmetricLoss(nn.Module):
-    """ASL variant of the original ``losses.py``: for negatives p is clamped to p <= 1 - clip (not
-    shifted), the focusing terms keep their gradient, and the result is a mean over elements."""
+ASL_NEG_WEIGHTINGS = ("original", "conventional")
 
-    def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05, eps: float = 1e-8):
+
+class ClampedAsymmetricLoss(nn.Module):
+    """ASL variant of the original ``losses.py`` (reference cxrlt.md §9), reproduced exactly by default.
+
+    With p = sigmoid(z) and p_n = min(p, 1 - clip) (a clamp, not the official shift; p_n = p when
+    clip <= 0):
+      loss_pos = y * log(p + eps),            w_pos = (1 - p) ** gamma_pos
+      loss_neg = (1 - y) * log(1 - p_n + eps), w_neg = (1 - p_n) ** gamma_neg   (``neg_weighting="original"``)
+      loss = mean over elements of -(w_pos * loss_pos + w_neg * loss_neg); the weights keep their gradient.
+    The original's w_neg = (1 - p_n) ** gamma_neg emphasises the *easy* negatives (p near 0) and
+    down-weights the hard ones, the opposite of ASL's intent (a quirk, kept by default);
+    ``neg_weighting="conventional"`` uses the ASL focusing weight p_n ** gamma_neg instead (same eps
+    placement and clamp).
+
+    Args:
+        gamma_neg, gamma_pos, clip, eps: the original defaults 4, 1, 0.05, 1e-8.
+        neg_weighting: "original" or "conventional" (see above).
+    """
+
+    def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 1.0, clip: float = 0.05, eps: float = 1e-8,
+                 neg_weighting: str = "original"):
         super().__init__()
+        if neg_weighting not in ASL_NEG_WEIGHTINGS:
+            raise ValueError(f"neg_weighting must be one of {', '.join(ASL_NEG_WEIGHTINGS)}, got '{neg_weighting}'")
         self.gamma_neg, self.gamma_pos, self.clip, self.eps = gamma_neg, gamma_pos, clip, eps
+        self.neg_weighting = neg_weighting
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         logits = logits.float()
         targets = targets.float()
         p = torch.sigmoid(logits)
         p_n = p.clamp(max=1.0 - self.clip) if self.clip > 0 else p
-        pos = targets * torch.pow(1.0 - p, self.gamma_pos) * torch.log(p.clamp(min=self.eps))
-        neg = (1 - targets) * torch.pow(p_n, self.gamma_neg) * torch.log((1.0 - p_n).clamp(min=self.eps))
-        loss = pos + neg
+        loss_pos = targets * torch.log(p + self.eps)
+        loss_neg = (1 - targets) * torch.log(1.0 - p_n + self.eps)
+        w_pos = torch.pow(1.0 - p, self.gamma_pos)
+        w_neg = torch.pow(1.0 - p_n if self.neg_weighting == "original" else p_n, self.gamma_neg)
+        loss = w_pos * loss_pos + w_neg * loss_neg
         if mask is not None:
             loss = loss * mask
         return -loss.mean()

@@ -21,7 +21,14 @@ from common.cli import run_main
 from common.dist import init_distributed
 from common.engine import build_loader
 from common.run import RunDir
-from cxrlt.cli import add_asl_args, add_backbone_args, add_loader_args, add_phase_args, add_run_args
+from cxrlt.cli import (
+    add_asl_args,
+    add_backbone_args,
+    add_loader_args,
+    add_phase_args,
+    add_run_args,
+    asl_kwargs_from_args,
+)
 from cxrlt.data import (
     UNCERTAIN_POLICIES,
     CXRDataset,
@@ -88,7 +95,7 @@ def main(args: argparse.Namespace) -> dict:
                         drop_path_rate=args.drop_path, dropout=args.dropout).to(ctx.device)
     if ctx.distributed and ctx.device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    asl_kwargs = dict(gamma_neg=args.gamma_neg, gamma_pos=args.gamma_pos, clip=args.asl_clip)
+    asl_kwargs = asl_kwargs_from_args(args, args.loss)
     loss = AsymmetricLoss(**asl_kwargs) if args.loss == "asl_official" else ClampedAsymmetricLoss(**asl_kwargs)
     task = CXRTask(model, loss, log_prior=log_prior(train.class_counts) if args.la_tau > 0 else None,
                    tau=args.la_tau, mask_negative_targets=args.uncertain_policy == "ignore").to(ctx.device)

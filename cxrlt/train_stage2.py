@@ -18,7 +18,14 @@ from common.data.samplers import RepeatFactorSampler
 from common.dist import init_distributed
 from common.engine import build_loader
 from common.run import RunDir
-from cxrlt.cli import add_asl_args, add_backbone_args, add_loader_args, add_phase_args, add_run_args
+from cxrlt.cli import (
+    add_asl_args,
+    add_backbone_args,
+    add_loader_args,
+    add_phase_args,
+    add_run_args,
+    asl_kwargs_from_args,
+)
 from cxrlt.data import CXRDataset, EvalTransform, TrainTransform, read_padchest
 from cxrlt.losses import LOSSES, build_loss
 from cxrlt.model import HEAD_TYPES, ConvNeXtV2CXR, load_pretrained_and_surgery, load_resume_weights
@@ -130,7 +137,7 @@ def main(args: argparse.Namespace) -> dict:
                       db_kwargs=dict(beta=args.db_beta, rebalance_alpha=args.rebalance_alpha, neg_scale=args.neg_scale,
                                      neg_margin=args.neg_margin, margin_scale=args.margin_scale,
                                      max_margin=args.max_margin, margin_direction=args.margin_direction),
-                      asl_kwargs=dict(gamma_neg=args.gamma_neg, gamma_pos=args.gamma_pos, clip=args.asl_clip))
+                      asl_kwargs=asl_kwargs_from_args(args, args.loss))
     task = CXRTask(model, loss).to(ctx.device)
 
     train_ds = CXRDataset(split.train_paths, split.train_labels, TrainTransform(args.image_size),

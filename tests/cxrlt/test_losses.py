@@ -1,5 +1,7 @@
 """cxrlt losses against their formulas (reference cxrlt.md 5.3, 7, 9; golden_references.md 4)."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -64,13 +66,36 @@ def test_official_asl_reduces_to_bce_sum_and_matches_formula():
     torch.testing.assert_close(AsymmetricLoss()(z, y), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_clamped_asl_formula():
-    z = torch.randn(5, 4) * 3
-    y = (torch.rand(5, 4) > 0.5).float()
-    p = torch.sigmoid(z)
-    pc = p.clamp(max=0.95)
-    expected = -(y * (1 - p) ** 1 * torch.log(p) + (1 - y) * pc ** 4 * torch.log(1 - pc)).mean()
-    torch.testing.assert_close(ClampedAsymmetricLoss(gamma_pos=1)(z, y), expected, rtol=1e-5, atol=1e-5)
+def _original_losses_py_asl(z: float, y: float, *, gn=4.0, gp=1.0, clip=0.05, eps=1e-8, conventional=False) -> float:
+    """One element of the original losses.py ASL, from cxrlt.md §9 (plain Python floats)."""
+    p = 1.0 / (1.0 + math.exp(-z))
+    p_n = min(p, 1.0 - clip) if clip > 0 else p
+    loss_pos = y * math.log(p + eps)
+    loss_neg = (1 - y) * math.log(1.0 - p_n + eps)
+    w_neg = (p_n if conventional else 1.0 - p_n) ** gn
+    return -((1.0 - p) ** gp * loss_pos + w_neg * loss_neg)
+
+
+def test_clamped_asl_is_the_original_losses_py():
+    # includes p ~ eps (z = -18.42: log(p + eps) != log(clamp(p, eps))) and saturated negatives
+    zs = [-18.420681, -3.0, -0.5, 0.0, 0.7, 2.5, 4.0, 30.0]
+    z = torch.tensor([zs, zs], dtype=torch.float64).float()
+    y = torch.tensor([[1.0] * len(zs), [0.0] * len(zs)])
+    loss = ClampedAsymmetricLoss()  # defaults 4 / 1 / 0.05, eps 1e-8, as the original
+    assert (loss.gamma_neg, loss.gamma_pos, loss.clip, loss.eps) == (4.0, 1.0, 0.05, 1e-8)
+    for conventional in (False, True):
+        elems = [_original_losses_py_asl(float(a), float(b), conventional=conventional)
+                 for a, b in zip(z.flatten().tolist(), y.flatten().tolist())]
+        crit = ClampedAsymmetricLoss(neg_weighting="conventional") if conventional else loss
+        assert crit(z, y).item() == pytest.approx(sum(elems) / len(elems), rel=1e-5)
+    # the weights keep their gradient: d/dz of one negative element includes the w_neg term
+    z1 = torch.tensor([[0.7]], requires_grad=True)
+    loss(z1, torch.zeros(1, 1)).backward()
+    h = 1e-3
+    num = (_original_losses_py_asl(0.7 + h, 0.0) - _original_losses_py_asl(0.7 - h, 0.0)) / (2 * h)
+    assert z1.grad.item() == pytest.approx(num, rel=1e-3)
+    with pytest.raises(ValueError, match="neg_weighting"):
+        ClampedAsymmetricLoss(neg_weighting="focal")
 
 
 def test_logit_adjustment():
@@ -78,3 +103,19 @@ def test_logit_adjustment():
     torch.testing.assert_close(lp, torch.log(torch.tensor([0.75, 0.25, 0.0]) + 1e-8))
     z = torch.zeros(1, 3)
     torch.testing.assert_close(logit_adjust(z, lp, tau=2.0), -2.0 * lp.unsqueeze(0))
+
+
+def test_asl_flags_default_to_each_loss_own_gamma_pos():
+    import argparse
+
+    from cxrlt.cli import add_asl_args, asl_kwargs_from_args
+    from cxrlt.losses import build_loss
+
+    p = argparse.ArgumentParser()
+    add_asl_args(p.add_argument_group())
+    args = p.parse_args([])
+    assert build_loss("asl", COUNTS, asl_kwargs=asl_kwargs_from_args(args, "asl")).gamma_pos == 1.0
+    assert build_loss("asl_official", COUNTS, asl_kwargs=asl_kwargs_from_args(args, "asl_official")).gamma_pos == 0.0
+    args = p.parse_args(["--asl_neg_weighting", "conventional", "--gamma_pos", "2"])
+    crit = build_loss("asl", COUNTS, asl_kwargs=asl_kwargs_from_args(args, "asl"))
+    assert (crit.neg_weighting, crit.gamma_pos) == ("conventional", 2.0)
