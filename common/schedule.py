@@ -82,3 +82,57 @@ class PiecewiseSchedule:
     def lr_for(self, update: int, group: dict) -> float:
         start, sched = max((p for p in self.pieces if p[0] <= update), key=lambda p: p[0])
         return sched.lr_for(update - start, group)
+
+
+def _cos_anneal(start: float, end: float, pos: float) -> float:
+    """Cosine from ``start`` (pos 0) to ``end`` (pos 1), as fastai's ``SchedCos``."""
+    return start + (1.0 + math.cos(math.pi * (1.0 - pos))) * (end - start) / 2.0
+
+
+class OneCycleSchedule:
+    """fastai's ``fit_one_cycle`` as a pure function of the update count (charm_xray.md §14).
+
+    The learning rate rises by a cosine from ``lr_max / div`` to ``lr_max`` over the first
+    ``pct_start`` of ``total_updates`` and falls by a cosine to ``lr_max / div_final``; the momentum
+    (Adam's beta1) goes from ``moms[0]`` to ``moms[1]`` and back to ``moms[2]`` on the same cut.
+    torch's ``OneCycleLR(div_factor=div, final_div_factor=div_final / div, anneal_strategy="cos",
+    three_phase=False)`` is the same curve, but it is stateful and counts ``total_steps - 1`` as
+    the end; this one is stateless (resume needs only the update count) and places positions as
+    fastai does (``pos = update / total_updates``).
+    """
+
+    def __init__(self, lr_max: float, total_updates: int, *, pct_start: float = 0.25, div: float = 25.0,
+                 div_final: float = 1e5, moms: tuple[float, float, float] = (0.95, 0.85, 0.95)):
+        if total_updates <= 0:
+            raise ValueError(f"total_updates must be positive, got {total_updates}")
+        if not 0.0 < pct_start < 1.0:
+            raise ValueError(f"pct_start must be in (0, 1), got {pct_start}")
+        self.lr_max = lr_max
+        self.total_updates = total_updates
+        self.pct_start = pct_start
+        self.div = div
+        self.div_final = div_final
+        self.moms = moms
+
+    def _phase(self, update: int) -> tuple[int, float]:
+        pos = min(max(update / self.total_updates, 0.0), 1.0)
+        if pos < self.pct_start:
+            return 0, pos / self.pct_start
+        return 1, (pos - self.pct_start) / (1.0 - self.pct_start)
+
+    def value(self, update: int, lr_max: float | None = None) -> float:
+        lr_max = self.lr_max if lr_max is None else lr_max
+        phase, p = self._phase(update)
+        if phase == 0:
+            return _cos_anneal(lr_max / self.div, lr_max, p)
+        return _cos_anneal(lr_max, lr_max / self.div_final, p)
+
+    def momentum_for(self, update: int) -> float:
+        phase, p = self._phase(update)
+        if phase == 0:
+            return _cos_anneal(self.moms[0], self.moms[1], p)
+        return _cos_anneal(self.moms[1], self.moms[2], p)
+
+    def lr_for(self, update: int, group: dict) -> float:
+        # discriminative learning rates: a group may carry its own peak (fastai's slice(a, b))
+        return _scaled(self.value(update, group.get("lr_max")), group)

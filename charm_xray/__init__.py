@@ -1,0 +1,1 @@
+"""CHARM-Xray (luythoangduy/CHARM-Xray) in plain PyTorch over ``common``: see README.md."""

@@ -1,0 +1,394 @@
+"""``train.py``'s pipeline: phase 1 (BCE, lr_find, fine_tune), phase 2 (asymmetric loss, one-cycle),
+test (ROC-AUC), for one setting or the notebooks' grid (charm_xray.md §6).
+
+Output folder (``--output_dir``, the original's ``/kaggle/working``)::
+
+    models/phase1_<exp>.pth, models/final_<exp>.pth      weights + optimizer ({"model", "opt", ...})
+    training_results.csv                                  mean_auc, class_auc, training_time, exp_name
+    parameter_search_results/grid_search_results.csv      momentum, k, threshold, mean_auc, ... error
+    parameter_search_results/heatmap_momentum_<m>.png     k x threshold AUC, one per momentum
+    parameter_search_results/preds_<exp>.pt               test probabilities and targets
+    runs/<exp>/                                           log, split report, lr_find.png, one folder per
+                                                          fit (phase1_freeze, phase1, phase2), test
+                                                          metrics.json (common schema), roc_curves.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from charm_xray import config
+from charm_xray.data import SplitPlan, build_dataset, load_table, make_split
+from charm_xray.engine_charm import (
+    CharmTask,
+    StageSettings,
+    build_fastai_adam,
+    fit_one_cycle,
+    save_model_file,
+    seed_everything,
+    set_frozen,
+)
+from charm_xray.losses import ChestXrayLoss
+from charm_xray.models import build_model
+from common.checkpoint import atomic_save, atomic_write_text, load_checkpoint
+from common.cli import resolve_amp
+from common.dist import DistContext, init_distributed
+from common.engine import build_loader, collect_outputs
+from common.lr_find import lr_find, plot_lr_find, suggest
+from common.metrics.multilabel import roc_auc_per_class
+from common.run import CsvLog, RunDir, setup_logging
+
+_logger = logging.getLogger(__name__)
+FINISHED = "_FINISHED"
+TRAINING_RESULTS_COLUMNS = ["mean_auc", "class_auc", "training_time", "exp_name"]
+GRID_COLUMNS = ["momentum", "k", "threshold", "mean_auc", "class_auc", "training_time", "exp_name", "error"]
+
+
+def exp_name_for(momentum: float, k: int, threshold: float) -> str:
+    """The notebooks' experiment name ``m{momentum}_k{k}_t{threshold}``."""
+    return f"m{momentum}_k{k}_t{threshold}"
+
+
+def grid_settings(args: argparse.Namespace) -> list[tuple[float, int, float]] | None:
+    """(momentum, k, threshold) for each grid setting, or None without grid flags."""
+    if args.momentum_values is None and args.k_values is None and args.threshold_values is None:
+        return None
+    ms = args.momentum_values or [args.momentum]
+    ks = args.k_values or [args.retrieval_k]
+    ts = args.threshold_values or [args.rarity_threshold]
+    return list(itertools.product(ms, ks, ts))
+
+
+def build_loss(args: argparse.Namespace, loss_type: str) -> nn.Module:
+    return ChestXrayLoss(loss_type, alpha=args.focal_alpha, gamma=args.focal_gamma,
+                         focal_ignore_kwargs=args.focal_ignore_kwargs, gamma_neg=args.gamma_neg,
+                         gamma_pos=args.gamma_pos, clip=args.clip, asl_variant=args.asl_variant)
+
+
+def build_model_from_args(args: argparse.Namespace, momentum: float, k: int, threshold: float) -> nn.Module:
+    kwargs: dict[str, Any] = {}
+    if args.model_name != "vgg16_lka":
+        kwargs = {"momentum": momentum, "attention_reduction": args.attention_reduction, "bank_size": args.bank_size,
+                  "rarity_threshold": threshold, "retrieval_k": k, "dropout_rate": args.dropout_rate,
+                  "hidden_dim": args.hidden_dim}
+    return build_model(args.model_name, len(config.DISEASE_LABELS), pretrained_weights=args.pretrained_weights,
+                       **kwargs)
+
+
+def _loaders(args: argparse.Namespace, split, batch_size: int, ctx: DistContext, seed: int):
+    size = args.image_size
+    train = build_loader(build_dataset(split.train, size, train=True), batch_size, train=True, ctx=ctx,
+                         num_workers=args.num_workers, seed=seed)
+    valid = build_loader(build_dataset(split.valid, size, train=False), batch_size, train=False, ctx=ctx,
+                         num_workers=args.num_workers)
+    return train, valid
+
+
+def _settings(args: argparse.Namespace) -> StageSettings:
+    return StageSettings(amp=args.amp, min_delta=args.min_delta, patience=args.patience if args.patience > 0 else None,
+                         with_opt=True, discriminative_lr=args.discriminative_lr,
+                         class_names=config.DISEASE_LABELS, progress=not args.no_progress, seed=args.seed)
+
+
+def _find_lr(args: argparse.Namespace, task: CharmTask, optimizer, loader, exp_dir: Path, ctx: DistContext) -> float:
+    """``--lr`` when given, else fastai's valley suggestion (saved, so a resumed run reuses it), falling
+    back to ``--lr_fallback`` as the original when the range test gives nothing usable."""
+    if args.lr is not None:
+        return args.lr
+    saved = exp_dir / "lr_find.json"
+    if saved.is_file():
+        return float(json.loads(saved.read_text())["lr"])
+    seed_everything(args.seed + 1000 + ctx.rank)
+    lrs, losses = lr_find(task, optimizer, loader, device=ctx.device, start_lr=args.lr_find_start,
+                          end_lr=args.lr_find_end, num_it=args.lr_find_iters,
+                          amp_dtype=resolve_amp(args.amp, ctx.device))
+    try:
+        lr = suggest(lrs, losses, args.lr_find_iters, "valley")
+        how = "valley"
+    except ValueError as err:
+        lr, how = args.lr_fallback, f"fallback ({err})"
+    if not math.isfinite(lr) or lr <= 0:
+        lr, how = args.lr_fallback, "fallback (non-finite suggestion)"
+    _logger.info("lr_find: %d points, suggested lr %.4g (%s)", len(lrs), lr, how)
+    if ctx.is_primary:
+        plot_lr_find(lrs, losses, exp_dir / "lr_find.png", suggestion=lr, title=f"lr_find ({how})")
+        atomic_write_text(json.dumps({"lr": lr, "how": how, "lrs": lrs, "losses": losses}) + "\n", saved)
+    return lr
+
+
+def train_phases(args: argparse.Namespace, plan: SplitPlan, exp_name: str, momentum: float, k: int, threshold: float,
+                 ctx: DistContext, exp_dir: Path) -> tuple[nn.Module, float]:
+    """Phase 1 and phase 2; returns the final model and the phase-1 learning rate."""
+    out = Path(args.output_dir)
+    settings = _settings(args)
+    seed_everything(args.seed + ctx.rank)
+    model = build_model_from_args(args, momentum, k, threshold).to(ctx.device)
+    split_body = args.freeze_backbone or args.discriminative_lr
+
+    # phase 1: BCE, batch 64, lr_find valley, fine_tune(freeze_epochs, epochs, base_lr)
+    task = CharmTask(model, build_loss(args, args.phase1_loss)).to(ctx.device)
+    optimizer = build_fastai_adam(model, 1e-3, weight_decay=args.weight_decay, split=split_body)
+    train1, valid1 = _loaders(args, plan.phase1, args.batch_size_phase1, ctx, args.seed)
+    base_lr = _find_lr(args, task, optimizer, train1, exp_dir, ctx)
+    if args.freeze_backbone:
+        set_frozen(model, True)
+    if args.freeze_epochs > 0:
+        fit_one_cycle(exp_dir / "phase1_freeze", task, optimizer, train1, valid1, epochs=args.freeze_epochs,
+                      lr=(None, base_lr), settings=settings, ctx=ctx, pct_start=0.99, stage_seed=1, args=args)
+    base_lr /= 2
+    set_frozen(model, False)
+    if args.phase1_epochs > 0:
+        fit_one_cycle(exp_dir / "phase1", task, optimizer, train1, valid1, epochs=args.phase1_epochs,
+                      lr=(base_lr / args.lr_mult, base_lr), settings=settings, ctx=ctx, pct_start=0.3, div=5.0,
+                      stage_seed=2, args=args)
+    setup_logging(exp_dir / "log.txt", is_primary=ctx.is_primary)
+    if ctx.is_primary:
+        save_model_file(out / "models" / f"phase1_{exp_name}.pth", task, optimizer, args, lr=base_lr * 2)
+
+    # phase 2: asymmetric loss, batch 128, the phase-1 weights (and, as fastai's learn.load, its optimizer
+    # state), unfreeze, fit_one_cycle(5, slice(2e-5, 8e-5))
+    task = CharmTask(model, build_loss(args, args.phase2_loss)).to(ctx.device)
+    optimizer2 = build_fastai_adam(model, args.phase2_lr_max, weight_decay=args.weight_decay, split=split_body)
+    if args.phase2_load_optimizer:
+        optimizer2.load_state_dict(optimizer.state_dict())
+    train2, valid2 = _loaders(args, plan.phase2, args.batch_size_phase2, ctx, args.seed + 1)
+    if args.phase2_epochs > 0:
+        fit_one_cycle(exp_dir / "phase2", task, optimizer2, train2, valid2, epochs=args.phase2_epochs,
+                      lr=(args.phase2_lr_min, args.phase2_lr_max), settings=settings, ctx=ctx, stage_seed=3,
+                      args=args)
+    setup_logging(exp_dir / "log.txt", is_primary=ctx.is_primary)
+    if ctx.is_primary:
+        save_model_file(out / "models" / f"final_{exp_name}.pth", task, optimizer2, args)
+    return model, base_lr * 2
+
+
+@torch.no_grad()
+def predict_probabilities(model: nn.Module, frame, args: argparse.Namespace, batch_size: int,
+                          ctx: DistContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sigmoid scores and targets over ``frame`` (evaluation mode: the bank is read, never written)."""
+    loader = build_loader(build_dataset(frame, args.image_size, train=False), batch_size, train=False, ctx=ctx,
+                          num_workers=args.num_workers)
+    out = collect_outputs(model, loader, predict_fn=lambda m, b: {"logits": m(b[0]), "target": b[1]}, ctx=ctx,
+                          amp_dtype=resolve_amp(args.amp, ctx.device))
+    return torch.sigmoid(out["logits"]), out["target"]
+
+
+def auc_report(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+    """``roc_auc_score(y, p)`` (macro) and the per-class AUCs, as the original prints them."""
+    per_class = roc_auc_per_class(probs, targets)
+    defined = [float(v) for v in per_class if not math.isnan(v)]
+    mean = sum(defined) / len(defined) if defined else float("nan")
+    return {"auc": mean, "mean_class_auc": mean,
+            "per_class_auc": [None if math.isnan(v) else float(v) for v in per_class],
+            "undefined_classes": [c for c, v in zip(config.DISEASE_LABELS, per_class) if math.isnan(v)]}
+
+
+def plot_roc_curves(probs: torch.Tensor, targets: torch.Tensor, path: Path, title: str) -> Path:
+    """One ROC curve per class with its AUC in the legend."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    from common.checkpoint import atomic_write_bytes
+
+    fig, ax = plt.subplots(figsize=(7, 6))
+    y, p = targets.numpy(), probs.numpy()
+    for c, name in enumerate(config.DISEASE_LABELS):
+        if 0 < y[:, c].sum() < len(y):
+            fpr, tpr, _ = roc_curve(y[:, c], p[:, c])
+            ax.plot(fpr, tpr, lw=1, label=f"{name} ({roc_auc_per_class(p[:, c:c + 1], y[:, c:c + 1])[0]:.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(buf.getvalue(), path)
+    return path
+
+
+def test_metrics_json(report: dict[str, Any], plan_report: dict[str, Any], protocol: str, exp_name: str,
+                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``metrics.json`` in the common schema (``best`` = ``final`` = the test scores)."""
+    section = {k: report[k] for k in ("auc", "mean_class_auc", "per_class_auc")}
+    return {"monitor": "auc", "monitor_mode": "max", "best_epoch": None, "best": section, "final": section,
+            "class_names": list(config.DISEASE_LABELS), "dataset": "chestxray14", "exp_name": exp_name,
+            "protocol": {"split": protocol, "test_images": plan_report.get("test_subset_images"),
+                         "metric": "sklearn roc_auc_score macro (mean of per-class AUCs)",
+                         "warnings": plan_report.get("warnings", [])},
+            "undefined_classes": report["undefined_classes"], **(extra or {})}
+
+
+def run_experiment(args: argparse.Namespace, plan: SplitPlan, exp_name: str, momentum: float, k: int,
+                   threshold: float, ctx: DistContext) -> dict[str, Any]:
+    """One setting, end to end (skipped when its ``_FINISHED`` marker exists); returns its result row."""
+    out = Path(args.output_dir)
+    exp_dir = out / "runs" / exp_name
+    result_file = exp_dir / "result.json"
+    if (exp_dir / FINISHED).is_file() and result_file.is_file():
+        _logger.info("%s: already finished, skipped", exp_name)
+        return json.loads(result_file.read_text())
+    RunDir(exp_dir, args, ctx)
+    if ctx.is_primary:
+        atomic_write_text(json.dumps(plan.report, indent=2) + "\n", exp_dir / "split_report.json")
+    for warning in plan.report.get("warnings", []):
+        _logger.warning("%s", warning)
+    t0 = time.time()
+    model, lr = train_phases(args, plan, exp_name, momentum, k, threshold, ctx, exp_dir)
+    probs, targets = predict_probabilities(model, plan.phase2.test, args, args.batch_size_test, ctx)
+    report = auc_report(probs, targets)
+    training_time = time.time() - t0  # this process's share when resumed
+    result = {"momentum": momentum, "k": k, "threshold": threshold, "mean_auc": report["auc"],
+              "class_auc": dict(zip(config.DISEASE_LABELS, report["per_class_auc"])),
+              "training_time": training_time, "exp_name": exp_name, "error": ""}
+    _logger.info("%s: test ROC-AUC %.4f on %d images (%s split)", exp_name, report["auc"], len(targets),
+                 plan.protocol)
+    for name, value in result["class_auc"].items():
+        _logger.info("  %-20s %s", name, "undefined" if value is None else f"{value:.4f}")
+    if ctx.is_primary:
+        results_dir = out / config.MODEL_PATHS["results_dir"]
+        atomic_save({"preds": probs, "targets": targets, "class_names": list(config.DISEASE_LABELS)},
+                    results_dir / f"preds_{exp_name}.pt")
+        plot_roc_curves(probs, targets, exp_dir / "roc_curves.png", f"{exp_name}: test ROC (AUC {report['auc']:.4f})")
+        metrics = test_metrics_json(report, plan.report, plan.protocol, exp_name,
+                                    {"lr_phase1": lr, "momentum": momentum, "k": k, "threshold": threshold,
+                                     "model_name": args.model_name, "image_size": args.image_size,
+                                     "training_time": training_time})
+        atomic_write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n", exp_dir / "metrics.json")
+        atomic_write_text(json.dumps(result, indent=2) + "\n", result_file)
+        atomic_write_text(time.strftime("%F %T") + "\n", exp_dir / FINISHED)
+    ctx.barrier()
+    return result
+
+
+def _fmt_auc(v: Any) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6f}"
+
+
+def write_results(out: Path, results: list[dict[str, Any]], grid: bool) -> None:
+    """Rewrite ``training_results.csv`` (and, for a grid, ``grid_search_results.csv`` and the heat
+    maps) from the per-setting results, so a rerun never duplicates a row."""
+    rows = [{"mean_auc": _fmt_auc(r["mean_auc"]), "class_auc": json.dumps(r["class_auc"]),
+             "training_time": f"{r['training_time']:.1f}", "exp_name": r["exp_name"]} for r in results if not r["error"]]
+    CsvLog(out / "training_results.csv", TRAINING_RESULTS_COLUMNS).rewrite(rows)
+    if not grid:
+        return
+    results_dir = out / config.MODEL_PATHS["results_dir"]
+    grid_rows = [{"momentum": r["momentum"], "k": r["k"], "threshold": r["threshold"],
+                  "mean_auc": _fmt_auc(r["mean_auc"]), "class_auc": json.dumps(r["class_auc"]) if r["class_auc"] else "",
+                  "training_time": f"{r['training_time']:.1f}", "exp_name": r["exp_name"], "error": r["error"]}
+                 for r in results]
+    CsvLog(results_dir / "grid_search_results.csv", GRID_COLUMNS).rewrite(grid_rows)
+    for momentum in sorted({r["momentum"] for r in results}):
+        plot_heatmap([r for r in results if r["momentum"] == momentum], momentum,
+                     results_dir / f"heatmap_momentum_{momentum}.png")
+
+
+def plot_heatmap(results: list[dict[str, Any]], momentum: float, path: Path) -> Path:
+    """Test AUC over k (rows) x threshold (columns) for one momentum, as the notebooks plot it."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from common.checkpoint import atomic_write_bytes
+
+    ks = sorted({r["k"] for r in results})
+    ts = sorted({r["threshold"] for r in results})
+    grid = np.full((len(ks), len(ts)), np.nan)
+    for r in results:
+        if not r["error"] and r["mean_auc"] is not None:
+            grid[ks.index(r["k"]), ts.index(r["threshold"])] = r["mean_auc"]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(ts), 1.4 + 0.8 * len(ks)))
+    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    for i, j in itertools.product(range(len(ks)), range(len(ts))):
+        text = "failed" if np.isnan(grid[i, j]) else f"{grid[i, j]:.4f}"
+        ax.text(j, i, text, ha="center", va="center", color="w", fontsize=9)
+    ax.set_xticks(range(len(ts)), [str(t) for t in ts])
+    ax.set_yticks(range(len(ks)), [str(k) for k in ks])
+    ax.set_xlabel("rarity threshold")
+    ax.set_ylabel("retrieval k")
+    ax.set_title(f"test ROC-AUC, momentum {momentum}")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(buf.getvalue(), path)
+    return path
+
+
+def main(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``train.py``: one setting (``--exp_name``) or the grid; returns each setting's result."""
+    ctx = init_distributed(args.device)
+    out = Path(args.output_dir)
+    RunDir(out, args, ctx, log_name="train_log.txt")
+    table = load_table(args.data_dir)
+    plan = make_split(table, args.split, seed=args.seed, valid_pct=args.valid_pct,
+                      phase1_findings_only=args.phase1_findings_only)
+    _logger.info("%s split: phase 1 %d train / %d valid, phase 2 %d train / %d valid, test %d images",
+                 plan.protocol, len(plan.phase1.train), len(plan.phase1.valid), len(plan.phase2.train),
+                 len(plan.phase2.valid), len(plan.phase2.test))
+    settings = grid_settings(args)
+    grid = settings is not None
+    if not grid:
+        settings = [(args.momentum, args.retrieval_k, args.rarity_threshold)]
+    results, failed = [], []
+    for momentum, k, threshold in settings:
+        name = exp_name_for(momentum, k, threshold) if grid else args.exp_name
+        try:
+            results.append(run_experiment(args, plan, name, momentum, k, threshold, ctx))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as err:  # the notebooks record the error and go on with the next setting
+            if not grid:
+                raise
+            _logger.error("%s failed: %s", name, err)
+            failed.append(name)
+            results.append({"momentum": momentum, "k": k, "threshold": threshold, "mean_auc": None, "class_auc": {},
+                            "training_time": 0.0, "exp_name": name, "error": f"{type(err).__name__}: {err}"})
+        if ctx.is_primary:
+            write_results(out, results, grid)
+        setup_logging(out / "train_log.txt", is_primary=ctx.is_primary)
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(settings)} grid setting(s) failed: {', '.join(failed)} "
+                           f"(see {out / config.MODEL_PATHS['results_dir'] / 'grid_search_results.csv'})")
+    return results
+
+
+def load_for_eval(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model state dict inside any checkpoint ``test_checkpoint.py`` accepts (see its docstring)."""
+    from common.checkpoint import CheckpointError
+
+    ckpt = load_checkpoint(path)
+    state = ckpt
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"--checkpoint {path}: no model state dict inside (expected a state dict, a "
+                              "{'model': state_dict, ...} file or a fastai {'model', 'opt'} file)")
+    if all(k.startswith("model.") for k in state):  # notebook ModelWrapper
+        state = {k[len("model."):]: v for k, v in state.items()}
+    return state
