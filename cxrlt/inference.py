@@ -26,9 +26,9 @@ from common.data.errors import DataError
 from common.data.lists import read_csv
 from common.dist import resolve_device
 from common.run import setup_logging
-from cxrlt.data import BAD_IMAGE_POLICIES, normalize, read_cxr, resize_uint8
+from cxrlt.data import BAD_IMAGE_POLICIES, IMAGENET_MEAN, IMAGENET_STD, read_cxr, resize_uint8
 from cxrlt.model import CLASS_NAMES, ConvNeXtV2CXR, StandardCXR, extract_state_dict
-from cxrlt.tta import MERGE_MODES, TTA_CONFIGS, merge, tta_views
+from cxrlt.tta import MERGE_MODES, TTA_CONFIGS, TTA_STYLES, merge, tta_views
 
 _logger = logging.getLogger(__name__)
 
@@ -45,6 +45,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_workers", type=int, default=4, help="(default: 4)")
     parser.add_argument("--use_tta", action="store_true", help="enable TTA (default: off)")
     parser.add_argument("--tta_config", choices=TTA_CONFIGS, default="flip_scale", help="TTA set (default: flip_scale)")
+    parser.add_argument("--tta_style", choices=TTA_STYLES, default="original",
+                        help="original: views of the normalised tensor (reflect-filled rotations, int() sizes, brightness "
+                             "on normalised values) as the original tta.py; corrected: views of the [0, 1] image "
+                             "(black-filled rotations, round() sizes, image brightness); not in the original "
+                             "(default: original)")
     parser.add_argument("--tta_merge_mode", choices=MERGE_MODES, default="mean",
                         help="merge of TTA views; logit_mean is the README's mode, not in the original (default: mean)")
     parser.add_argument("--ensemble_mode", choices=("mean", "weighted_mean", "max"), default="weighted_mean",
@@ -108,15 +113,30 @@ class _TestImages(Dataset):
         return resize_uint8(read_cxr(self.paths[i], bad_image=self.bad_image, size=self.size), self.size).float() / 255.0
 
 
+def _normalize_batch(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] B x 3 x H x W -> ImageNet-normalised, on x's device (``cxrlt.data.normalize`` per image)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 @torch.inference_mode()
 def predict_probs(model: nn.Module, loader: DataLoader, device: torch.device, *, tta: str | None,
-                  merge_mode: str) -> np.ndarray:
-    """N x C probabilities of one model, TTA views merged with ``merge_mode``."""
-    views = tta_views(tta) if tta else tta_views("none")
+                  merge_mode: str, tta_style: str = "original") -> np.ndarray:
+    """N x C probabilities of one model, TTA views merged with ``merge_mode``.
+
+    ``tta_style="original"``: the views act on the ImageNet-normalised batch (as the original);
+    ``"corrected"``: on the [0, 1] images, normalised afterwards (see ``cxrlt.tta``).
+    """
+    views = tta_views(tta or "none", tta_style)
     out = []
     for x in loader:
         x = x.to(device)
-        logits = torch.stack([model(torch.stack([normalize(v * 255.0) for v in view(x)])).float() for view in views])
+        if tta_style == "original":
+            xn = _normalize_batch(x)
+            logits = torch.stack([model(view(xn)).float() for view in views])
+        else:
+            logits = torch.stack([model(_normalize_batch(view(x))).float() for view in views])
         out.append(merge(logits, merge_mode).cpu())
     return torch.cat(out).numpy().astype(np.float64)
 
@@ -155,7 +175,7 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
     for ckpt in args.checkpoints:
         model = load_any_model(ckpt, args.model).to(device)
         all_probs.append(predict_probs(model, loader, device, tta=args.tta_config if args.use_tta else None,
-                                       merge_mode=args.tta_merge_mode))
+                                       merge_mode=args.tta_merge_mode, tta_style=args.tta_style))
         _logger.info("%s: scored %d images", ckpt, len(ids))
     probs = ensemble(all_probs, weights, args.ensemble_mode)
     if probs.shape[1] != len(CLASS_NAMES):

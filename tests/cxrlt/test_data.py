@@ -1,8 +1,11 @@
 """cxrlt data: decoding, PadChest / MIMIC readers and their errors, repeat factors, TTA, gating."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from common.data.errors import DataError, ParseError
@@ -151,15 +154,80 @@ def test_normal_gating_code_and_readme_formulas():
 def test_tta_sets_and_merge():
     x = torch.rand(2, 3, 20, 20)
     assert [len(tta_views(n)) for n in ("none", "flip", "light", "medium", "heavy", "flip_scale")] == [1, 2, 4, 6, 8, 6]
-    for view in tta_views("heavy") + tta_views("flip_scale"):
-        assert view(x).shape == x.shape
+    for style in ("original", "corrected"):
+        for view in tta_views("heavy", style) + tta_views("flip_scale", style):
+            assert view(x).shape == x.shape
     torch.testing.assert_close(tta_views("flip")[1](x), x.flip(-1))
     logits = torch.tensor([[[0.0]], [[2.0]]])
     p = torch.sigmoid(logits)
     assert merge(logits, "mean").item() == pytest.approx(p.mean().item())
     assert merge(logits, "max").item() == pytest.approx(p.max().item())
-    assert merge(logits, "gmean").item() == pytest.approx(float(torch.sqrt(p[0] * p[1])))
+    assert merge(logits, "gmean").item() == pytest.approx(float(torch.sqrt((p[0] + 1e-8) * (p[1] + 1e-8))))
     assert merge(logits, "logit_mean").item() == pytest.approx(float(torch.sigmoid(torch.tensor(1.0))))
+    with pytest.raises(ValueError, match="--tta_style"):
+        tta_views("flip", "new")
+
+
+# ---- the original tta.py views (cxrlt.md §8.3), written from the reference's description ----
+
+def test_original_scaled_views_use_int_sizes_and_reflect_padding():
+    x = torch.randn(1, 3, 512, 512)  # a normalised tensor
+    identity, hflip, up, down, up_flip, down_flip = tta_views("flip_scale")
+    # 1.05 x 512 = 537.6 -> int 537 (round would give 538), centre crop from (537 - 512) // 2 = 12
+    big = F.interpolate(x, size=(537, 537), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(up(x), big[..., 12:524, 12:524])
+    torch.testing.assert_close(up_flip(x), big[..., 12:524, 12:524].flip(-1))
+    # 0.95 x 512 = 486.4 -> 486, reflect-padded back by 13 + 13
+    small = F.interpolate(x, size=(486, 486), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(down(x), F.pad(small, (13, 13, 13, 13), mode="reflect"))
+    torch.testing.assert_close(down_flip(x), F.pad(small, (13, 13, 13, 13), mode="reflect").flip(-1))
+    # an odd difference puts the extra pixel right/bottom: 0.9 x 25 = 22.5 -> 22, pad 1 + 2
+    y = torch.randn(1, 3, 25, 25)
+    out = tta_views("medium")[5](y)
+    torch.testing.assert_close(out, F.pad(F.interpolate(y, size=(22, 22), mode="bilinear", align_corners=False),
+                                          (1, 2, 1, 2), mode="reflect"))
+
+
+def test_original_rotations_reflect_and_brightness_acts_on_the_normalised_tensor():
+    x = torch.randn(2, 3, 32, 32)
+    for rot in tta_views("light")[2:]:
+        const = torch.full((1, 3, 32, 32), -1.7)  # reflection keeps a constant image constant; zero fill would not
+        torch.testing.assert_close(rot(const), const)
+    a = math.radians(5.0)
+    theta = torch.tensor([[[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]]]).expand(2, 2, 3)
+    grid = F.affine_grid(theta, [2, 3, 32, 32], align_corners=False)
+    torch.testing.assert_close(tta_views("light")[2](x), F.grid_sample(x, grid, mode="bilinear",
+                                                                       padding_mode="reflection", align_corners=False))
+    up, down = tta_views("heavy")[6:]
+    torch.testing.assert_close(up(x), torch.clamp(x * 1.1, 0, 1))  # every negative normalised value -> 0
+    torch.testing.assert_close(down(x), x * 0.9)  # no clamp
+    # corrected style: black-filled rotation, round() sizes
+    assert tta_views("light", "corrected")[2](torch.ones(1, 3, 32, 32))[0, :, 0, 0].max() < 1.0
+    x512 = torch.randn(1, 1, 512, 512)
+    ref = F.interpolate(x512, size=(538, 538), mode="bilinear", align_corners=False)[..., 13:525, 13:525]
+    torch.testing.assert_close(tta_views("flip_scale", "corrected")[2](x512), ref)
+
+
+def test_inference_applies_original_views_to_the_normalised_batch():
+    from cxrlt.data import IMAGENET_MEAN, IMAGENET_STD
+    from cxrlt.inference import predict_probs
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, t):
+            seen.append(t.clone())
+            return t.mean((2, 3))
+
+    imgs = torch.rand(2, 3, 16, 16)
+    norm = (imgs - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    predict_probs(Probe(), [imgs], torch.device("cpu"), tta="heavy", merge_mode="mean")
+    torch.testing.assert_close(seen[0], norm)
+    torch.testing.assert_close(seen[6], torch.clamp(norm * 1.1, 0, 1))
+    seen.clear()
+    predict_probs(Probe(), [imgs], torch.device("cpu"), tta="heavy", merge_mode="mean", tta_style="corrected")
+    torch.testing.assert_close(seen[6], ((imgs * 1.1).clamp(0, 1) - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+                               / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
 
 def test_synth_padchest_is_16bit(padchest):
