@@ -213,11 +213,17 @@ class TrainingLogCallback:
 
 class AugmentationCallback:
     """Feeds the epoch to the transform policy (``conditional_1``) and, for ``conditional_2``, makes the
-    3 classes with the lowest validation AP the hard set after each validation."""
+    3 classes with the lowest validation AP the hard set after each validation.
+
+    Args:
+        policy: the training transform policy.
+        ap_key: the per-class AP metric (``per_class_ap`` or ``per_class_ap_ema``); the epoch record
+            holds it as ``val_<ap_key>``.
+    """
 
     def __init__(self, policy: TrainTransformPolicy, ap_key: str):
         self.policy = policy
-        self.ap_key = ap_key
+        self.ap_key = ap_key if ap_key.startswith("val_") else f"val_{ap_key}"
 
     def on_epoch_start(self, state: Any) -> None:
         self.policy.set_epoch(state.epoch)
