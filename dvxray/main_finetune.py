@@ -222,7 +222,8 @@ def _finish_outputs(args: argparse.Namespace, run: RunDir, summary: dict[str, An
     columns += [f"AP_{c.replace(' ', '_')}" for c in class_names]
     row = {"output_dir": args.output_dir, "model": args.model, "aug_mode": args.aug_mode, "fuse_mode": args.fuse_mode,
            "ahcr_mode": args.ahcr_mode, "attention_config": args.attention_config or "",
-           "best_metric_name": summary["monitor"], "best_metric_value": summary.get("best", {}).get(summary["monitor"]),
+           # the original names the metric "mAP" whether the live model or the EMA copy was validated
+           "best_metric_name": "mAP", "best_metric_value": summary.get("best", {}).get(summary["monitor"]),
            "total_params_M": f"{total_params_m:.3f}", "batch_size": args.batch_size, "learning_rate": args.lr}
     row.update({f"AP_{c.replace(' ', '_')}": f"{a:.4f}" for c, a in zip(class_names, best_ap)})
     from common.run import CsvLog
