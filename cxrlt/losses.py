@@ -38,8 +38,11 @@ class DistributionBalancedLoss(nn.Module):
     min-max normalised (so the most frequent class gets ~max_margin, the rarest ~0: quirk 5);
     z' = z - y * m; loss = mean over B x C of w_c * BCEWithLogits(z', y).
 
-    The negative branch (inactive at neg_scale 1, neg_margin 0, the defaults) multiplies the weight of
-    negative elements by ``neg_scale`` and adds ``neg_margin`` to their logits.
+    The negative branch (active only when neg_scale != 1 or neg_margin != 0; the defaults leave it off)
+    is the original's: a negative element's term is recomputed as neg_scale * BCEWithLogits(z' +
+    neg_margin, 0) *without* the class weight w_c (positives keep w_c * BCE(z', 1)). So turning the
+    branch on also drops the class weights from the negatives, a discontinuity at (1, 0) kept as in
+    the original.
 
     Args:
         class_counts: positive-label counts per class in the training split.
@@ -70,12 +73,12 @@ class DistributionBalancedLoss(nn.Module):
         logits = logits.float()
         targets = targets.float()
         z = logits - targets * self.margin
-        weight = self.weight.expand_as(z)
+        loss = self.weight * F.binary_cross_entropy_with_logits(z, targets, reduction="none")
         if self.neg_scale != 1.0 or self.neg_margin != 0.0:
             neg = 1.0 - targets
-            z = z + neg * self.neg_margin
-            weight = weight * (targets + neg * self.neg_scale)
-        loss = weight * F.binary_cross_entropy_with_logits(z, targets, reduction="none")
+            neg_loss = self.neg_scale * F.binary_cross_entropy_with_logits(z + self.neg_margin, torch.zeros_like(z),
+                                                                           reduction="none")
+            loss = targets * loss + neg * neg_loss
         return (loss * mask).mean() if mask is not None else loss.mean()
 
 

@@ -44,15 +44,23 @@ def test_db_margin_direction():
     assert tail[0].item() < 1e-3 and tail[-1].item() == pytest.approx(0.2, abs=1e-3)
 
 
-def test_db_negative_branch_changes_only_negatives():
-    z, y = torch.randn(4, 5), torch.ones(4, 5)
-    base = DistributionBalancedLoss(COUNTS)(z, y)
-    assert DistributionBalancedLoss(COUNTS, neg_scale=3.0, neg_margin=0.5)(z, y).item() == pytest.approx(base.item())
-    # on negatives: weight x neg_scale, logit + neg_margin
-    y0 = torch.zeros(4, 5)
-    loss = DistributionBalancedLoss(COUNTS, neg_scale=3.0, neg_margin=0.5)
-    expected = (loss.weight * 3.0 * F.binary_cross_entropy_with_logits(z + 0.5, y0, reduction="none")).mean()
-    assert loss(z, y0).item() == pytest.approx(expected.item(), rel=1e-6)
+def test_db_negative_branch_is_the_originals():
+    # cxrlt.md §5.3 + issue 11: negatives recomputed as neg_scale * BCE(z' + neg_margin, 0), no class weight
+    torch.manual_seed(2)
+    z = torch.randn(6, 5)
+    y = (torch.rand(6, 5) > 0.5).float()
+    n = np.maximum(np.array(COUNTS), 1.0)
+    e = (1 - 0.9999) / (1 - 0.9999 ** n)
+    e = e / e.mean()
+    u = 1 / (e + 1e-6)
+    m = 0.2 * (u - u.min()) / (u.max() - u.min() + 1e-6)
+    zn, yn = z.numpy().astype(np.float64), y.numpy()
+    zp = zn - yn * m
+    expected = (yn * e ** 0.5 * _bce(zp, 1.0) + (1 - yn) * 3.0 * _bce(zp + 0.5, 0.0)).mean()
+    assert DistributionBalancedLoss(COUNTS, neg_scale=3.0, neg_margin=0.5)(z, y).item() == pytest.approx(expected, rel=1e-5)
+    # neg_scale alone (margin 0) also switches the branch on: the negatives lose their class weight
+    expected = (yn * e ** 0.5 * _bce(zp, 1.0) + (1 - yn) * 2.0 * _bce(zp, 0.0)).mean()
+    assert DistributionBalancedLoss(COUNTS, neg_scale=2.0)(z, y).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_official_asl_reduces_to_bce_sum_and_matches_formula():
