@@ -102,8 +102,8 @@ def _counts(split: Split, name: str) -> dict[str, int]:
     out = {f"{name}_train_images": len(split.train), f"{name}_valid_images": len(split.valid),
            f"{name}_train_patients": int(split.train["Patient_ID"].nunique())}
     if split.test is not None:
-        out[f"{name}_test_images"] = len(split.test)
-        out[f"{name}_test_patients"] = int(split.test["Patient_ID"].nunique())
+        out[f"{name}_scored_test_images"] = len(split.test)
+        out[f"{name}_scored_test_patients"] = int(split.test["Patient_ID"].nunique())
     return out
 
 

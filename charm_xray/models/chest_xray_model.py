@@ -103,7 +103,7 @@ class ChestXrayModel(nn.Module):
             raise ValueError(f"--model_name: unknown '{model_name}' (choose from {', '.join(MODEL_NAMES)})")
         builder, what = _BACKBONES[model_name]
         net = builder(weights=None)
-        load_torchvision_weights(net, pretrained_weights, what)
+        load_torchvision_weights(net, pretrained_weights, what.split(" (")[0])
         backbone, final, channels = _split_torchvision(model_name, net)
         self.model_name = model_name
         self.feature_dim = channels
