@@ -10,7 +10,10 @@
 - ``ClampedAsymmetricLoss``: the variant in the original ``losses.py``, exactly (negative probability
   clamped to p <= 1 - clip instead of shifted, negatives weighted by (1 - p_clamped) ** gamma_neg,
   log(p + eps), mean reduction, defaults 4 / 1 / 0.05), the loss the README names for stage 2.
-- ``logit_adjust``: z - tau * log(prior + 1e-8) (Menon et al., 2021), applied in training only.
+- ``logit_adjust``: training-only logit adjustment z - tau * log(prior + 1e-8), the original code's
+  sign. Menon et al. (2021)'s logit-adjusted loss trains on z + tau * log(prior), which lowers the
+  rare classes' training logits (so the loss pushes them up); the original's minus sign raises them
+  instead, the opposite effect (a quirk, kept by default; ``sign="menon"`` / ``--la_sign menon``).
 """
 
 from __future__ import annotations
@@ -162,9 +165,19 @@ class ClampedAsymmetricLoss(nn.Module):
         return -loss.mean()
 
 
-def logit_adjust(logits: torch.Tensor, log_prior: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-    """Logit adjustment for training: z - tau * log_prior (log_prior = log(prior + 1e-8))."""
-    return logits - tau * log_prior.to(logits.dtype)
+LA_SIGNS = ("original", "menon")
+
+
+def logit_adjust(logits: torch.Tensor, log_prior: torch.Tensor, tau: float = 1.0, sign: str = "original") -> torch.Tensor:
+    """Logit adjustment for training (log_prior = log(prior + 1e-8)).
+
+    ``sign="original"``: z - tau * log_prior (the original code); ``"menon"``: z + tau * log_prior
+    (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021, logit-adjusted loss).
+    """
+    if sign not in LA_SIGNS:
+        raise ValueError(f"--la_sign: unknown sign '{sign}' (choose from {', '.join(LA_SIGNS)})")
+    lp = tau * log_prior.to(logits.dtype)
+    return logits - lp if sign == "original" else logits + lp
 
 
 def log_prior(class_counts: Sequence[float]) -> torch.Tensor:

@@ -25,6 +25,7 @@ from common.engine import FitConfig, Task, fit, updates_per_epoch
 from common.metrics import f1_scores, multilabel_metrics
 from common.run import RunDir
 from common.schedule import ConstantSchedule
+from cxrlt.losses import LA_SIGNS, logit_adjust
 
 _logger = logging.getLogger(__name__)
 
@@ -41,15 +42,20 @@ class CXRTask(Task):
         log_prior: per-class log prior; when given, training logits become z - tau * log_prior
             (validation uses raw logits, as ``train_standard_head.py``).
         tau: logit-adjustment temperature.
+        la_sign: "original" (z - tau * log_prior, the original code) or "menon" (z + tau * log_prior,
+            Menon et al.'s logit-adjusted loss); see ``cxrlt.losses.logit_adjust``.
         mask_negative_targets: targets < 0 (uncertain labels under ``--uncertain_policy ignore``) are
             masked out of the loss.
     """
 
     def __init__(self, model: nn.Module, loss: nn.Module, *, log_prior: torch.Tensor | None = None,
-                 tau: float = 1.0, mask_negative_targets: bool = False):
+                 tau: float = 1.0, mask_negative_targets: bool = False, la_sign: str = "original"):
         super().__init__(model)
+        if la_sign not in LA_SIGNS:
+            raise ValueError(f"--la_sign: unknown sign '{la_sign}' (choose from {', '.join(LA_SIGNS)})")
         self.loss = loss
         self.tau = tau
+        self.la_sign = la_sign
         self.mask_negative_targets = mask_negative_targets
         self.backbone_eval = False
         if log_prior is not None:
@@ -75,7 +81,7 @@ class CXRTask(Task):
         images, target = batch
         logits = self.model(images).float()
         if self.log_prior is not None:
-            logits = logits - self.tau * self.log_prior
+            logits = logit_adjust(logits, self.log_prior, self.tau, self.la_sign)
         return {"loss": self.compute_loss(logits, target)}
 
     def predict(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:

@@ -73,6 +73,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="asl_official = Alibaba-MIIL ASL (sum); asl = the repo's losses.py variant (default: asl_official)")
     add_asl_args(g)
     g.add_argument("--la_tau", type=float, default=1.0, help="logit-adjustment tau, 0 disables (default: 1.0)")
+    g.add_argument("--la_sign", choices=("original", "menon"), default="original",
+                   help="training logits z - tau*log(prior) as the original code, or z + tau*log(prior) as "
+                        "Menon et al.'s logit-adjusted loss (default: original)")
 
     g = parser.add_argument_group("run")
     add_run_args(g, output_dir="./outputs/checkpoints")
@@ -98,7 +101,8 @@ def main(args: argparse.Namespace) -> dict:
     asl_kwargs = asl_kwargs_from_args(args, args.loss)
     loss = AsymmetricLoss(**asl_kwargs) if args.loss == "asl_official" else ClampedAsymmetricLoss(**asl_kwargs)
     task = CXRTask(model, loss, log_prior=log_prior(train.class_counts) if args.la_tau > 0 else None,
-                   tau=args.la_tau, mask_negative_targets=args.uncertain_policy == "ignore").to(ctx.device)
+                   tau=args.la_tau, la_sign=args.la_sign,
+                   mask_negative_targets=args.uncertain_policy == "ignore").to(ctx.device)
 
     train_ds = CXRDataset(train.paths, train.labels, Stage1TrainTransform(args.image_size), bad_image=args.bad_image,
                           size=args.image_size)

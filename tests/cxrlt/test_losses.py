@@ -127,3 +127,28 @@ def test_asl_flags_default_to_each_loss_own_gamma_pos():
     args = p.parse_args(["--asl_neg_weighting", "conventional", "--gamma_pos", "2"])
     crit = build_loss("asl", COUNTS, asl_kwargs=asl_kwargs_from_args(args, "asl"))
     assert (crit.neg_weighting, crit.gamma_pos) == ("conventional", 2.0)
+
+
+def test_logit_adjustment_sign_original_and_menon():
+    from cxrlt.task import CXRTask
+
+    counts = [900.0, 90.0, 10.0]
+    lp = torch.log(torch.tensor([0.9, 0.09, 0.01]) + 1e-8)  # log(prior + 1e-8), cxrlt.md §7
+    seen = {}
+
+    def capture(logits, target, mask=None):
+        seen["z"] = logits.detach().clone()
+        return logits.sum()
+
+    class Zeros(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(x.shape[0], 3)
+
+    batch = (torch.zeros(2, 1), torch.zeros(2, 3))
+    CXRTask(Zeros(), capture, log_prior=log_prior(counts), tau=2.0)(batch)
+    torch.testing.assert_close(seen["z"], (-2.0 * lp).expand(2, 3))  # original: z - tau*log(prior), rare raised
+    CXRTask(Zeros(), capture, log_prior=log_prior(counts), tau=2.0, la_sign="menon")(batch)
+    torch.testing.assert_close(seen["z"], (2.0 * lp).expand(2, 3))  # Menon: z + tau*log(prior), rare lowered
+    with pytest.raises(ValueError, match="--la_sign"):
+        CXRTask(Zeros(), capture, la_sign="plus")
+
