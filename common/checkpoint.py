@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,33 @@ def _atomic_write(path: Path, write) -> None:
         os.close(dir_fd)
 
 
+# mkstemp names: "." + target name + "." + 8 random characters + ".tmp"
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that an interrupted atomic write left in ``folder``.
+
+    A kill during a save leaves ``.<name>.<random>.tmp`` next to the target (up to a checkpoint's size);
+    the target itself is intact. Call this at the start of a run, when no other writer uses the folder.
+
+    Returns:
+        The files removed.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        if _TEMP_NAME.match(entry.name) and entry.is_file() and not entry.is_symlink():
+            try:
+                entry.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(entry)
+    return removed
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to ``path`` atomically (temp file + fsync + rename)."""
     _atomic_write(Path(path), lambda f: torch.save(obj, f))
@@ -79,15 +108,78 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
     atomic_save(dict(state), path)
 
 
+# Leading bytes of file types that are sometimes passed by mistake where a checkpoint is expected.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"BM", "a BMP image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"RIFF", "a RIFF (WebP/WAV/AVI) file"),
+    (b"DICM", "a DICOM file"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"BZh", "a bzip2 archive"),
+    (b"\xfd7zXZ\x00", "an xz archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"%PDF", "a PDF document"),
+    (b"\x89HDF", "an HDF5 file (Keras/h5py)"),
+    (b"\x93NUMPY", "a NumPy .npy array"),
+    (b"\x7fELF", "an executable (ELF)"),
+    (b"version https://git-lfs", "a Git LFS pointer (the weights were never downloaded)"),
+)
+
+
+def describe_file(path: str | Path) -> str | None:
+    """What a file that is not a PyTorch checkpoint seems to be, from its first bytes.
+
+    Returns:
+        e.g. ``"empty (0 bytes)"``, ``"a PNG image"``, ``"a safetensors file"``, ``"text"``; None when the
+        file starts like a PyTorch checkpoint (zip archive or pickle) or nothing is recognised.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    if not head:
+        return "empty (0 bytes)"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return None  # torch's zip format, or a legacy / protocol-2+ pickle
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    if len(head) >= 10 and head[8:10] in (b'{"', b"{'") and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "a safetensors file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if text.lstrip().startswith(("{", "[")):
+        return "JSON text"
+    if text.lstrip().startswith("<"):
+        return "XML/HTML text"
+    return "text" if text.isprintable() or "\n" in text else None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a ``.pth`` checkpoint with ``weights_only=True``.
 
     Raises:
-        CheckpointError: the file is missing, or holds objects that need arbitrary unpickling.
+        CheckpointError: the file is missing, empty, of another type (named from its first bytes),
+            truncated or corrupted, or holds objects that need arbitrary unpickling.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    kind = describe_file(path)
+    if kind is not None:
+        if kind.startswith("empty"):
+            raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes; an interrupted "
+                                  "copy or download?)")
+        hint = " (load it with --finetune / a weights flag that takes .safetensors)" if "safetensors" in kind else ""
+        raise CheckpointError(f"cannot read checkpoint {path}: it is {kind}, not a PyTorch checkpoint{hint}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -97,7 +189,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"(weights_only=True rejected it: {first}). Re-save it as a plain state dict or safetensors."
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, EOFError) or "zip archive" in text or not zipfile.is_zipfile(path):
+            size = path.stat().st_size
+            raise CheckpointError(f"cannot read checkpoint {path}: the file is truncated or corrupted "
+                                  f"({size} bytes; {text.split('. ')[0]})") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {text}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
     return obj

@@ -84,13 +84,17 @@ def warn_unused_flag(parser: argparse.ArgumentParser, args: argparse.Namespace, 
 # User-input problems (bad flag values, missing or malformed files, unsafe checkpoints) surface as
 # ValueError / OSError subclasses with a message naming the flag, file or line at fault.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+# exit status of a refused input (the same as argparse's for a bad flag)
+EXIT_REFUSED = 2
 
 
 def run_main(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> Any:
     """Call an entry script's ``main(args)``; a user-input error or a non-finite loss ends the process
-    with a one-line ``error: ...`` message and exit status 1 instead of a traceback.
+    with a one-line ``error: ...`` message instead of a traceback.
 
-    Set ``TRACEBACK=1`` in the environment to get the full traceback for debugging.
+    Exit status: 2 for a refused input (bad flag value, missing/malformed/unsafe file, unwritable output
+    folder: the ``USER_ERRORS``, as argparse uses 2 for bad flags), 1 for a training failure (non-finite
+    loss). Set ``TRACEBACK=1`` in the environment to get the full traceback for debugging.
     """
     from common.engine import NonFiniteLossError
 
@@ -100,7 +104,7 @@ def run_main(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace
         if os.environ.get("TRACEBACK", "") not in ("", "0"):
             raise
         print(f"error: {_one_line(exc)}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(1 if isinstance(exc, NonFiniteLossError) else EXIT_REFUSED)
 
 
 def _one_line(exc: BaseException) -> str:

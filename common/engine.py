@@ -30,8 +30,11 @@ from tqdm import tqdm
 
 from common.checkpoint import (
     CheckpointError,
+    atomic_write_bytes,
     capture_rng_state,
     load_checkpoint,
+    load_state_dict_strict,
+    remove_stale_temp_files,
     restore_rng_state,
     save_checkpoint,
 )
@@ -84,6 +87,12 @@ class FitConfig:
     (``output_dir``'s ``ckpt_last`` when present, else start fresh). ``resume_optimizer=False`` keeps the
     fresh optimizer state; ``resume_start_epoch`` overrides the epoch to continue at. ``eval_live=False``
     with ``eval_ema=True`` evaluates only the EMA copy.
+
+    A fresh start (no checkpoint resumed) rewrites ``csv_name`` from scratch when ``fresh_csv`` (rows of
+    an earlier attempt in the same folder would otherwise be duplicated); a resumed run drops the rows
+    after the checkpoint's epoch. ``skip_nonfinite`` skips (and counts, ``train_nonfinite_skipped``) a
+    batch whose loss is NaN/Inf instead of stopping. ``trainer`` names the entry script in checkpoints
+    (default: detected from ``__main__``), so resuming another trainer's checkpoint is reported as such.
     """
 
     epochs: int
@@ -111,6 +120,9 @@ class FitConfig:
     dataset: str | None = None
     find_unused_parameters: bool = False
     progress: bool = True
+    skip_nonfinite: bool = False
+    fresh_csv: bool = True
+    trainer: str | None = None
 
     def __post_init__(self) -> None:
         if self.monitor_mode not in ("max", "min"):
@@ -307,6 +319,7 @@ def train_one_epoch(
     accum = config.accum_steps
     params = [p for g in optimizer.param_groups for p in g["params"]]
     bar = _progress(loader, f"epoch {state.epoch}", ctx.is_primary and config.progress, total=n_batches)
+    skipped = 0
     for i, batch in enumerate(bar):
         boundary = (i + 1) % accum == 0 or i + 1 == n_batches
         if schedule is not None and (i % accum == 0):
@@ -327,11 +340,20 @@ def train_one_epoch(
             if ctx.distributed:
                 finite = ctx.all_reduce_mean(finite)
             if finite.item() < 1.0:
-                last = Path(config.output_dir) / config.ckpt_last
-                raise NonFiniteLossError(
-                    f"non-finite loss ({loss.item()}) at epoch {state.epoch}, iteration {i}; training stopped. "
-                    f"Last good checkpoint: {last if last.is_file() else 'none written yet'}"
-                )
+                where = (f"epoch {state.epoch}, iteration {i} of {n_batches} (global step {state.epoch * n_batches + i}, "
+                         f"after optimizer update {state.update})")
+                if not config.skip_nonfinite:
+                    last = Path(config.output_dir) / config.ckpt_last
+                    raise NonFiniteLossError(
+                        f"non-finite loss ({loss.item()}) at {where}; training stopped. "
+                        f"Last good checkpoint: {last if last.is_file() else 'none written yet'}"
+                    )
+                # CXR-LT's loop: skip the batch (and the gradients accumulated in its window), count it
+                skipped += 1
+                _logger.warning("non-finite loss (%s) at %s: batch skipped (%d this epoch)", loss.item(), where,
+                                skipped)
+                optimizer.zero_grad(set_to_none=True)
+                continue
             scaler.scale(loss / accum).backward()
         if boundary:
             if config.clip_grad is not None:
@@ -348,6 +370,8 @@ def train_one_epoch(
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
     stats = meters.averages(ctx)
     stats["lr"] = optimizer.param_groups[0]["lr"]
+    if config.skip_nonfinite:
+        stats["nonfinite_skipped"] = float(skipped)
     return stats
 
 
@@ -474,15 +498,31 @@ def fit(
     if (config.select_on_ema or config.eval_ema) and ema is None:
         raise ValueError("eval_ema/select_on_ema need an EMA model")
 
+    if ctx.is_primary:
+        for stale in remove_stale_temp_files(out_dir):
+            _logger.info("removed %s, left by an interrupted write", stale)
     start_epoch = 0
+    trainer = config.trainer or entry_point()
     resume_path = _resolve_resume(config.resume, config)
     if resume_path is not None:
-        start_epoch = _load_resume(resume_path, state, scaler, callbacks, load_optimizer=config.resume_optimizer)
+        try:
+            start_epoch = _load_resume(resume_path, state, scaler, callbacks, load_optimizer=config.resume_optimizer,
+                                       args=args, trainer=trainer)
+        except CheckpointError as exc:
+            if not str(exc).startswith("cannot read checkpoint"):
+                raise
+            # the file itself is unreadable: name a readable best checkpoint of the same run
+            raise CheckpointError(f"{exc}{_previous_good_hint(resume_path, config)}") from None
+        if ctx.is_primary:
+            _repair_best(resume_path, state, config, resumed_epoch=start_epoch - 1)
         if config.resume_start_epoch is not None:
             start_epoch = config.resume_start_epoch
         _logger.info("resumed from %s: continuing at epoch %d (update %d)", resume_path, start_epoch, state.update)
         if csv_log is not None:
             csv_log.truncate_from(start_epoch)
+    elif csv_log is not None and config.fresh_csv:
+        # a fresh start: rows of an earlier attempt (killed before its first checkpoint) must not stay
+        csv_log.reset()
 
     train_module: nn.Module = task
     if ctx.distributed:
@@ -553,7 +593,11 @@ def fit(
 
         if ctx.is_primary:
             state.last_record = record
-            ckpt = _checkpoint_state(state, scaler, callbacks, args)
+            ckpt = _checkpoint_state(state, scaler, callbacks, args, trainer)
+            # ``ckpt_last`` is the commit point and is written first: a kill before it leaves both files
+            # at the previous epoch; a kill between the two leaves ``ckpt_last`` naming this epoch as best
+            # while ``ckpt_best`` is older, which the resumed run repairs (``_repair_best``) from
+            # ``ckpt_last``, whose content is then exactly what ``ckpt_best`` should hold.
             save_checkpoint(out_dir / config.ckpt_last, ckpt)
             if is_best and config.ckpt_best:
                 save_checkpoint(out_dir / config.ckpt_best, ckpt)
@@ -590,7 +634,8 @@ def _log_epoch(record: Mapping[str, Any], monitor_key: str, state: FitState) -> 
     _logger.info("%s%s", text, best)
 
 
-def _checkpoint_state(state: FitState, scaler: torch.amp.GradScaler, callbacks: Sequence[Any], args: Any) -> dict:
+def _checkpoint_state(state: FitState, scaler: torch.amp.GradScaler, callbacks: Sequence[Any], args: Any,
+                      trainer: str | None = None) -> dict:
     return {
         "model": state.task.model.state_dict(),
         "task": state.task.extra_state_dict(),
@@ -610,32 +655,43 @@ def _checkpoint_state(state: FitState, scaler: torch.amp.GradScaler, callbacks: 
         "best_record": state.best_record,
         "last_record": state.last_record,
         "extra": {_callback_key(i, cb): cb.state_dict() for i, cb in enumerate(callbacks) if hasattr(cb, "state_dict")},
+        "trainer": trainer,
     }
 
 
 def _load_resume(path: Path, state: FitState, scaler: torch.amp.GradScaler, callbacks: Sequence[Any], *,
-                 load_optimizer: bool = True) -> int:
+                 load_optimizer: bool = True, args: Any = None, trainer: str | None = None) -> int:
     ckpt = load_checkpoint(path, map_location="cpu")
     missing = [k for k in ("model", "optimizer", "epoch", "update", "rng") if k not in ckpt]
     if missing:
         raise CheckpointError(f"--resume: {path} is not a training checkpoint of this project (missing {missing})")
+    origin = describe_origin_mismatch(ckpt, args, trainer)
+    if origin.startswith("written by"):  # another trainer: nothing below could fit
+        raise CheckpointError(f"--resume: {path} does not fit this run: {origin}")
     task = state.task
     full = {f"model.{k}": v for k, v in ckpt["model"].items()}
     full.update(ckpt.get("task") or {})
-    task.load_state_dict(full, strict=True)
-    if load_optimizer:
-        state.optimizer.load_state_dict(ckpt["optimizer"])
-    if ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
-    if state.ema is not None:
-        if ckpt.get("ema") is None:
-            raise CheckpointError(f"--resume: {path} holds no EMA state but this run uses EMA")
-        state.ema.load_state_dict(ckpt["ema"])
-    extra = ckpt.get("extra") or {}
-    for i, cb in enumerate(callbacks):
-        key = _callback_key(i, cb)
-        if hasattr(cb, "load_state_dict") and key in extra:
-            cb.load_state_dict(extra[key])
+    try:
+        load_state_dict_strict(task, full, f"--resume {path}")
+        if load_optimizer:
+            state.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        if state.ema is not None:
+            if ckpt.get("ema") is None:
+                raise CheckpointError(f"--resume: {path} holds no EMA state but this run uses EMA")
+            state.ema.load_state_dict(ckpt["ema"])
+        extra = ckpt.get("extra") or {}
+        for i, cb in enumerate(callbacks):
+            key = _callback_key(i, cb)
+            if hasattr(cb, "load_state_dict") and key in extra:
+                cb.load_state_dict(extra[key])
+    except (CheckpointError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+        # torch's load_state_dict reports are multi-line; name the checkpoint and the likely cause instead
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not isinstance(exc, CheckpointError):
+            text = f"--resume {path}: cannot restore the training state ({type(exc).__name__}: {text})"
+        raise CheckpointError(f"{text}; {origin}" if origin else text) from None
     state.update = int(ckpt["update"])
     state.best_metric = ckpt.get("best_metric")
     state.best_epoch = ckpt.get("best_epoch")
@@ -645,3 +701,134 @@ def _load_resume(path: Path, state: FitState, scaler: torch.amp.GradScaler, call
     state.stopped_early = bool(ckpt.get("stopped_early", False))
     restore_rng_state(ckpt["rng"])
     return int(ckpt["epoch"]) + 1
+
+
+# ----------------------------------------------------------------------------------------------
+# resume diagnostics and repair
+
+
+def entry_point() -> str | None:
+    """The running entry script as a repository path (``dcal/scripts/train_fgvc.py``), or None when the
+    process was not started from a script of this repository (e.g. under pytest)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    origin = getattr(spec, "origin", None) or getattr(main, "__file__", None)
+    if not origin:
+        return None
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rel = Path(origin).resolve().relative_to(root)
+    except ValueError:
+        return None
+    # only files inside one of the repository's packages (not .venv/..., not a stray script)
+    if len(rel.parts) < 2 or not (root / rel.parts[0] / "__init__.py").is_file():
+        return None
+    return rel.as_posix()
+
+
+# flags that may differ between a run and its resumption without changing what the checkpoint holds
+_RUN_ONLY_ARGS = frozenset({
+    "resume", "resume_epoch", "resume_optimizer", "resume_scheduler", "output_dir", "save_dir", "device", "gpu",
+    "num_workers", "epochs", "opts", "exp_name", "finetune", "log_interval", "save_interval",
+})
+
+
+def _flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return " ".join(_show(v) for v in value) or "[]"
+    if value is None or value == "":
+        return "none" if value is None else "''"
+    return str(value)
+
+
+def describe_origin_mismatch(ckpt: Mapping[str, Any], args: Any, trainer: str | None = None) -> str:
+    """Why a checkpoint may not fit this run, from the ``trainer`` and ``args`` it records.
+
+    Returns:
+        "written by <script>..." when another trainer wrote it, else up to four differing arguments as
+        "<key> <value> in the checkpoint, <value> on the command line", else "".
+    """
+    theirs = ckpt.get("trainer")
+    if theirs and trainer and theirs != trainer:
+        return f"written by {theirs}, not {trainer}"
+    mine_args = _flatten(args_to_dict(args)) if args is not None else {}
+    their_args = _flatten(ckpt.get("args") or {})
+    if not mine_args or not their_args:
+        return f"written by {theirs}" if theirs and theirs != trainer else ""
+    shared = mine_args.keys() & their_args.keys()
+    if len(shared) < 0.5 * min(len(mine_args), len(their_args)):
+        shown = ", ".join(sorted(their_args)[:5])
+        return (f"written by {theirs or 'another trainer'} (its arguments {shown}, ... share few names with "
+                "this run's)")
+    diffs = [k for k in sorted(shared) if mine_args[k] != their_args[k] and k.split(".")[-1] not in _RUN_ONLY_ARGS]
+    if not diffs:
+        return ""
+    text = "; ".join(f"{k} {_show(their_args[k])} in the checkpoint, {_show(mine_args[k])} on the command line"
+                     for k in diffs[:4])
+    return text + (f" (and {len(diffs) - 4} more differences)" if len(diffs) > 4 else "")
+
+
+def _peek_epoch(path: Path) -> int | None:
+    """The ``epoch`` a checkpoint holds (memory-mapped read), or None if it is missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # any unreadable file counts as "not this epoch"; it is rewritten below
+        return None
+    return int(obj["epoch"]) if isinstance(obj, dict) and isinstance(obj.get("epoch"), int) else None
+
+
+def _repair_best(resume_path: Path, state: FitState, config: FitConfig, *, resumed_epoch: int) -> None:
+    """Make ``ckpt_best`` hold the epoch ``ckpt_last`` names as best after a kill between the two writes.
+
+    Only the case a kill can produce is repaired: ``ckpt_last`` is itself the best epoch (both files get
+    the same content in that epoch), so copying it is exact.
+    """
+    if not config.ckpt_best or state.best_epoch is None:
+        return
+    out_dir = Path(config.output_dir)
+    if resume_path.resolve() != (out_dir / config.ckpt_last).resolve():
+        return
+    best = out_dir / config.ckpt_best
+    best_epoch = _peek_epoch(best)
+    if best_epoch == state.best_epoch:
+        return
+    if resumed_epoch == state.best_epoch:
+        _logger.warning("%s holds epoch %s but %s names epoch %d as best (a kill between the two writes): "
+                        "rewriting it from %s", best, best_epoch, resume_path.name, state.best_epoch, resume_path.name)
+        atomic_write_bytes(resume_path.read_bytes(), best)
+    else:
+        _logger.warning("%s holds epoch %s but %s names epoch %d as best; it cannot be rebuilt", best,
+                        best_epoch, resume_path.name, state.best_epoch)
+
+
+def _previous_good_hint(path: Path, config: FitConfig) -> str:
+    """For an unreadable ``ckpt_last``: name a readable ``ckpt_best`` in the same folder to resume from."""
+    if not config.ckpt_best or path.name != config.ckpt_last:
+        return ""
+    best = path.parent / config.ckpt_best
+    epoch = _peek_epoch(best)
+    if epoch is None:
+        return ""
+    return f" (the previous good checkpoint is {best}, epoch {epoch}: pass it to --resume)"
+
+
+class EpochCounter:
+    """Callback counting the epochs a ``fit`` call trained (0 when it resumed an already finished run)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_epoch_end(self, state: FitState, record: dict[str, Any]) -> None:
+        self.count += 1

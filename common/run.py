@@ -11,12 +11,14 @@ import io
 import json
 import logging
 import math
+import os
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.checkpoint import atomic_write_text
+from common.checkpoint import atomic_write_text, remove_stale_temp_files
 from common.dist import DistContext
 
 _logger = logging.getLogger(__name__)
@@ -117,6 +119,11 @@ class CsvLog:
             self.columns = list(row.keys())
         self._write([*rows, row])
 
+    def reset(self) -> None:
+        """Remove the file (a fresh start: rows of an earlier attempt must not be continued)."""
+        if self.enabled and self.path.is_file():
+            self.path.unlink()
+
     def rewrite(self, rows: list[Mapping[str, Any]]) -> None:
         if self.enabled:
             self._write(rows)
@@ -128,6 +135,41 @@ def _fmt(value: Any) -> Any:
     return value
 
 
+def prepare_output_dir(path: str | Path, *, flag: str = "--output_dir") -> Path:
+    """Create ``path`` (with parents) and check that files can be written into it, before any training.
+
+    Args:
+        path: the output folder.
+        flag: how the user set it, quoted in errors (``--output_dir``, ``config key save_dir``).
+
+    Raises:
+        OSError: one line naming ``flag``, the folder and the cause (a parent that is a regular file, a
+            regular file at ``path``, no write permission, read-only or full file system).
+    """
+    path = Path(path)
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            where = "is a regular file" if parent == path else f"is below {parent}, which is a regular file"
+            raise NotADirectoryError(f"{flag} {path}: cannot use it as the output folder: it {where}")
+        if parent.is_dir():
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise type(exc)(f"{flag} {path}: cannot create the output folder ({exc.strerror or exc})") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write_probe.", suffix=".tmp", dir=path)
+        try:
+            os.write(fd, b"ok")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise type(exc)(f"{flag} {path}: the output folder is not writable ({exc.strerror or exc})") from None
+    return path
+
+
 class RunDir:
     """The output folder of one run.
 
@@ -136,14 +178,20 @@ class RunDir:
         args: resolved arguments, written to ``args.json``.
         ctx: distributed context; only the primary rank writes files.
         log_name: human log file name inside ``output_dir``.
+        flag: how the user set ``output_dir`` (quoted in errors; ``--output_dir`` by default).
+
+    The folder is created and checked for writability here, before training (``prepare_output_dir``),
+    and temporary files left by an interrupted atomic write are removed.
     """
 
     def __init__(self, output_dir: str | Path, args: argparse.Namespace | Mapping[str, Any] | None,
-                 ctx: DistContext | None = None, *, log_name: str = "log.txt"):
+                 ctx: DistContext | None = None, *, log_name: str = "log.txt", flag: str = "--output_dir"):
         self.path = Path(output_dir)
         self.is_primary = ctx is None or ctx.is_primary
         if self.is_primary:
-            self.path.mkdir(parents=True, exist_ok=True)
+            prepare_output_dir(self.path, flag=flag)
+            for stale in remove_stale_temp_files(self.path):
+                _logger.info("removed %s, left by an interrupted write", stale)
         setup_logging(self.path / log_name if self.is_primary else None, is_primary=self.is_primary)
         self.args = args_to_dict(args)
         if self.is_primary and self.args:

@@ -25,7 +25,7 @@ from sklearn.model_selection import GroupShuffleSplit
 from torch.utils.data import Dataset
 
 from common.data.errors import DataError, ParseError
-from common.data.lists import csv_line, read_csv
+from common.data.lists import check_consistent_duplicates, csv_line, read_csv
 
 _logger = logging.getLogger(__name__)
 
@@ -376,13 +376,16 @@ def read_mimic(labels_csv: str | Path, split_csv: str | Path, image_root: str | 
     counted as negative by the metrics). Studies without a label row are dropped with a log line.
 
     Raises:
-        ParseError: missing columns or a label value outside {1, 0, -1, blank} (file and line).
+        ParseError: missing columns, a row with fewer/more fields than the header, a study listed twice
+            with different labels, or a label value outside {1, 0, -1, blank} (file and line).
     """
     if uncertain_policy not in UNCERTAIN_POLICIES:
         raise ValueError(f"--uncertain_policy: unknown '{uncertain_policy}' (choose from {', '.join(UNCERTAIN_POLICIES)})")
     labels_csv, split_csv = Path(labels_csv), Path(split_csv)
     lab = read_csv(labels_csv, ["subject_id", "study_id", *class_names],
                    dtype={"subject_id": int, "study_id": int, **{c: float for c in class_names}})
+    # a study listed twice must not be resolved silently by whichever row ``by_study`` keeps
+    check_consistent_duplicates(lab, labels_csv, ["study_id"], ["subject_id", *class_names])
     values = lab[list(class_names)].to_numpy(dtype=np.float64)
     bad = ~(np.isnan(values) | np.isin(values, (1.0, 0.0, -1.0)))
     if bad.any():

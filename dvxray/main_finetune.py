@@ -25,7 +25,7 @@ import torch
 from common.cli import run_main, str2bool, warn_unused_flag
 from common.dist import init_distributed
 from common.ema import ModelEma
-from common.engine import FitConfig, build_loader, fit, updates_per_epoch
+from common.engine import EpochCounter, FitConfig, build_loader, fit, updates_per_epoch
 from common.optim import build_optimizer
 from common.run import RunDir
 from common.schedule import ConstantSchedule, WarmupCosineSchedule
@@ -203,7 +203,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def _finish_outputs(args: argparse.Namespace, run: RunDir, summary: dict[str, Any], class_names: list[str],
-                    monitor_key: str, total_params_m: float) -> None:
+                    monitor_key: str, total_params_m: float, *, trained: bool = True) -> None:
     out = Path(args.output_dir)
     log = run.csv("training_log.csv", CSV_COLUMNS)
     if args.sort_training_log:
@@ -228,7 +228,10 @@ def _finish_outputs(args: argparse.Namespace, run: RunDir, summary: dict[str, An
     row.update({f"AP_{c.replace(' ', '_')}": f"{a:.4f}" for c, a in zip(class_names, best_ap)})
     from common.run import CsvLog
 
-    CsvLog(summary_path, columns, enabled=run.is_primary).append(row)
+    log = CsvLog(summary_path, columns, enabled=run.is_primary)
+    # resuming a finished run trains nothing: its row is already there (unless a kill came before it)
+    if trained or not any(r.get("output_dir") == str(args.output_dir) for r in log.read_rows()):
+        log.append(row)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -286,13 +289,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         # classifier reads N3 only, so DDP must tolerate parameters without gradients
         find_unused_parameters=True,
     )
+    epochs_trained = EpochCounter()
     callbacks = [TrainingLogCallback(args.epochs, monitor_key),
-                 AugmentationCallback(policy, "per_class_ap_ema" if args.teacher_mode else "per_class_ap")]
+                 AugmentationCallback(policy, "per_class_ap_ema" if args.teacher_mode else "per_class_ap"),
+                 epochs_trained]
     summary = fit(task, optimizer, data_loader_train, config=config, ctx=ctx, run=run, schedule=schedule,
                   data_loader_val=data_loader_val, metric_fn=make_metric_fn(args.eval_threshold, class_names),
                   ema=ema, callbacks=callbacks, args=args)
     if ctx.is_primary:
-        _finish_outputs(args, run, summary, class_names, monitor_key, total_m)
+        _finish_outputs(args, run, summary, class_names, monitor_key, total_m, trained=epochs_trained.count > 0)
     return summary
 
 

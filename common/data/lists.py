@@ -7,6 +7,8 @@ PadChest CSVs, NIH ``Data_Entry_2017.csv``, VeRi XML) live in the paper folders 
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ from common.data.errors import DataError, ParseError
 
 __all__ = [
     "ImageRecord",
+    "check_consistent_duplicates",
+    "check_field_counts",
     "csv_line",
     "parse_label_vector",
     "parse_multilabel_string",
@@ -281,6 +285,74 @@ def _convert_column(path: Path, frame: pd.DataFrame, column: str, dtype: Any) ->
     return numbers.astype(dtype)
 
 
+def check_field_counts(path: str | Path, text: str) -> None:
+    """Every CSV record of ``text`` must have as many fields as the header.
+
+    pandas pads a short row with empty cells (so every later value of that row shifts one column and the
+    missing cell reads as empty/0) and may take an extra field as the index; both are silent. Blank lines
+    are allowed.
+
+    Args:
+        path: the file ``text`` came from (for the message).
+        text: the CSV content.
+
+    Raises:
+        ParseError: a row with fewer or more fields than the header (its first line, both counts), or a
+            line the ``csv`` module cannot read (e.g. a NUL byte).
+    """
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        expected, previous = len(header), reader.line_num
+        for row in reader:
+            first, previous = previous + 1, reader.line_num
+            if not row:
+                continue
+            if len(row) != expected:
+                fewer = "fewer" if len(row) < expected else "more"
+                raise ParseError(path, first, f"{len(row)} fields, {fewer} than the {expected} columns of the header "
+                                              "(a missing or extra separator would shift every later column)")
+    except csv.Error as exc:
+        raise ParseError(path, reader.line_num or None, f"cannot parse CSV: {exc}") from None
+
+
+def check_consistent_duplicates(
+    frame: pd.DataFrame, path: str | Path, key_columns: Sequence[str], value_columns: Sequence[str]
+) -> None:
+    """Rows of a :func:`read_csv` frame that share ``key_columns`` must agree on ``value_columns``.
+
+    A study listed twice with different labels would otherwise be resolved silently by whichever row a
+    reader keeps; identical repeats are allowed.
+
+    Args:
+        frame: the frame (index labels as returned by :func:`read_csv`).
+        path: the CSV file (for the message).
+        key_columns: columns identifying an entry (e.g. ``["study_id"]``).
+        value_columns: columns that must be equal between repeats (e.g. the label columns).
+
+    Raises:
+        ParseError: names the key, the column that differs and both CSV lines.
+    """
+    keys = list(key_columns)
+    repeated = frame[frame.duplicated(subset=keys, keep=False)]
+    if repeated.empty:
+        return
+    for key, group in repeated.groupby(keys, sort=False):
+        first = group.iloc[0]
+        for label, row in group.iloc[1:].iterrows():
+            for column in value_columns:
+                a, b = (v.item() if hasattr(v, "item") else v for v in (first[column], row[column]))
+                if not ((pd.isna(a) and pd.isna(b)) or a == b):
+                    shown = key if not isinstance(key, tuple) or len(key) > 1 else key[0]
+                    raise ParseError(
+                        path, csv_line(label),
+                        f"{'/'.join(keys)} {shown} is listed again with a different {column!r} ({b!r}; "
+                        f"{a!r} at line {csv_line(group.index[0])})",
+                    )
+
+
 def read_csv(
     path: str | Path,
     required_columns: Iterable[str],
@@ -305,15 +377,23 @@ def read_csv(
 
     Raises:
         DataError: the file is missing, empty or not decodable.
-        ParseError: a row pandas cannot tokenize (line from pandas' message), missing column(s) (all named, at line 1) or a value that does not convert.
+        ParseError: a row with fewer or more fields than the header, a row pandas cannot tokenize (line
+            from pandas' message), missing column(s) (all named, at line 1) or a value that does not convert.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"CSV file not found: {path}")
     dtype = dict(dtype or {})
     try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"cannot parse CSV {path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if not text.strip():
+        raise DataError(f"CSV file is empty: {path}")
+    check_field_counts(path, text)
+    try:
         # Columns to be converted are read as text so a bad value can be quoted verbatim.
-        frame = pd.read_csv(path, dtype={c: str for c in dtype}, skip_blank_lines=False)
+        frame = pd.read_csv(io.StringIO(text), dtype={c: str for c in dtype}, skip_blank_lines=False)
     except pd.errors.EmptyDataError:
         raise DataError(f"CSV file is empty: {path}") from None
     except pd.errors.ParserError as exc:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from common.safe_yaml import safe_load
+
 RESULTS_DIR = Path(__file__).resolve().parent
 SCALES = {"fraction": 1.0, "percent": 100.0}
 SOURCE_TYPES = ("P", "S", "R", "C", "Code")
@@ -204,7 +206,7 @@ def load_paper(paper: str, results_dir: str | Path | None = None) -> PaperResult
         raise ResultsError(f"unknown paper {paper!r}; valid: {', '.join(valid)}")
     path = (Path(results_dir) if results_dir is not None else RESULTS_DIR) / f"{paper}.yaml"
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = safe_load(path.read_text(encoding="utf-8"))  # duplicate keys are errors
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

@@ -227,7 +227,7 @@ def train_from_config(cfg: ExperimentConfig, *, task_type: str, gpu: int = 0, re
                            "and keeps checkpoint_last.pth / checkpoint_best.pth", key)
     torch.manual_seed(cfg.seed)
     ctx: DistContext = init_distributed(resolve_device(cfg, gpu), flag="config key device (with --gpu)")
-    run = RunDir(cfg.save_dir, {**(extra_args or {}), "config": to_dict(cfg)}, ctx)
+    run = RunDir(cfg.save_dir, {**(extra_args or {}), "config": to_dict(cfg)}, ctx, flag="config key save_dir")
     model = build_model(cfg)
     mean, std = norm_stats(model)
     train_ds, eval_ds, class_names = build_datasets(cfg, mean, std)

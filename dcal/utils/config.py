@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from common.safe_yaml import UniqueKeyLoader, format_yaml_error
+
 
 class ConfigError(ValueError):
     """Bad configuration; ``str(err)`` is one line naming the file (or --opts) and the key."""
@@ -105,8 +107,9 @@ CHOICES = {
 }
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-6`` / ``5E+3`` (no dot) as floats, as YAML 1.2 does."""
+class _Loader(UniqueKeyLoader):
+    """SafeLoader that also reads ``1e-6`` / ``5E+3`` (no dot) as floats, as YAML 1.2 does, and rejects
+    a key given twice in one mapping (``common.safe_yaml``)."""
 
 
 _Loader.add_implicit_resolver(
@@ -198,7 +201,7 @@ def load_config(path: str | Path, opts: list[str] | None = None) -> ExperimentCo
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
+        raise ConfigError(format_yaml_error(path, exc)) from None
     cfg = _fill(ExperimentConfig, data, str(path))
     for opt in opts or []:
         cfg = apply_override(cfg, opt)

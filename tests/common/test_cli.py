@@ -15,7 +15,7 @@ def test_run_main_turns_user_errors_into_one_line(capsys, monkeypatch):
     monkeypatch.delenv("TRACEBACK", raising=False)
     with pytest.raises(SystemExit) as exc:
         run_main(_fails, argparse.Namespace())
-    assert exc.value.code == 1
+    assert exc.value.code == 2
     assert capsys.readouterr().err == "error: list file not found: /x/train.txt\n"
 
 

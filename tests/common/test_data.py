@@ -189,7 +189,7 @@ def test_read_csv_float_blank_is_nan_and_file_errors(tmp_path):
     assert df["v"].iloc[0] == 0.5 and np.isnan(df["v"].iloc[1])
     with pytest.raises(DataError, match=r"CSV file not found: .*none\.csv"):
         read_csv(tmp_path / "none.csv", ["id"])
-    with pytest.raises(ParseError, match=r"r\.csv:3: cannot parse CSV: .*Expected 2 fields in line 3, saw 3"):
+    with pytest.raises(ParseError, match=r"r\.csv:3: 3 fields, more than the 2 columns of the header"):
         read_csv(_write(tmp_path / "r.csv", "id,v\na,1\nb,2,3\n"), ["id"])
 
 

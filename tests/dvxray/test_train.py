@@ -118,7 +118,7 @@ def test_entry_scripts_run_from_root_and_from_folder(dvxray_data, tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
     bad = [a if a != str(dvxray_data / "annotations/DvXray_train.txt") else str(tmp_path / "none.txt") for a in argv]
     r = subprocess.run([sys.executable, "dvxray/main_finetune.py", *bad], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert r.returncode == 1 and "list file not found" in r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and "list file not found" in r.stderr.strip().splitlines()[-1]
     # a missing image with DataLoader workers: one line naming the image and its list line, before training
     broken = tmp_path / "broken.txt"
     lines = (dvxray_data / "annotations/DvXray_train.txt").read_text().splitlines()
@@ -127,7 +127,7 @@ def test_entry_scripts_run_from_root_and_from_folder(dvxray_data, tmp_path):
     bad[bad.index("--num_workers") + 1] = "2"
     r = subprocess.run([sys.executable, "dvxray/main_finetune.py", *bad], cwd=ROOT, env=env, capture_output=True, text=True)
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:") or "Traceback" in line]
-    assert r.returncode == 1 and len(errors) == 1, r.stderr[-2000:]
+    assert r.returncode == 2 and len(errors) == 1, r.stderr[-2000:]
     assert "image not found" in errors[0] and "_XX.png (listed at" in errors[0] and "broken.txt:6" in errors[0]
 
 

@@ -1,0 +1,65 @@
+"""Output folders that cannot be used are refused before training, naming the flag."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from common.run import RunDir, prepare_output_dir
+
+
+def test_output_folder_below_a_regular_file_names_the_flag(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(NotADirectoryError) as err:
+        RunDir(blocker / "run" / "sub", {"a": 1})
+    assert str(err.value) == (f"--output_dir {blocker / 'run' / 'sub'}: cannot use it as the output folder: it is "
+                              f"below {blocker}, which is a regular file")
+    with pytest.raises(NotADirectoryError, match=r"^config key save_dir .*file\.txt: .*it is a regular file$"):
+        RunDir(blocker, None, flag="config key save_dir")
+
+
+def test_unwritable_output_folder_is_detected_before_training(tmp_path, monkeypatch):
+    real_write = os.write
+
+    def no_space(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", no_space)
+    with pytest.raises(OSError, match=r"^--output_dir .*out: the output folder is not writable \(No space left on device\)$"):
+        prepare_output_dir(tmp_path / "out")
+    monkeypatch.setattr(os, "write", real_write)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []  # the probe file is gone
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_output_folder_is_refused(tmp_path):
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError, match="not writable"):
+            prepare_output_dir(out)
+    finally:
+        out.chmod(0o700)
+
+
+def test_dcal_save_dir_below_a_file_is_one_line_naming_the_config_key(tmp_path, capsys, monkeypatch):
+    import argparse
+
+    from common.cli import run_main
+    from dcal.scripts import train_fgvc
+    from tests.dcal.conftest import FGVC_CONFIG
+
+    monkeypatch.delenv("TRACEBACK", raising=False)
+    (tmp_path / "f").write_text("x")
+    args = argparse.ArgumentParser(parents=[train_fgvc.get_args_parser()]).parse_args(
+        ["--config", str(FGVC_CONFIG), "--opts", "device=cpu", f"save_dir={tmp_path / 'f' / 'run'}",
+         f"data.data_root={tmp_path}"])
+    with pytest.raises(SystemExit) as exc:
+        run_main(train_fgvc.main, args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: config key save_dir ") and "which is a regular file" in err[-1]
