@@ -15,34 +15,15 @@ order (the original uses ``os.listdir`` order, which is not reproducible across 
 
 from __future__ import annotations
 
-import io
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.data.errors import DataError, ParseError
+from common.data.safe_pickle import safe_load_pickle
 
 LABELS_FILE = "labels.pkl"
 MASK_DIR = "l2_mask"
 SPLITS = ("train", "test")
-
-# Everything a pickle of plain dicts/lists/numbers/strings may name. Such pickles mostly need no
-# class lookup at all; sets and frozensets (and protocol-0/1 pickles) reach these via find_class.
-_SAFE_BUILTINS = frozenset({"dict", "list", "tuple", "set", "frozenset", "int", "float", "str", "bytes", "bool"})
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, source: Path):
-        super().__init__(io.BytesIO(data))
-        self._source = source
-
-    def find_class(self, module: str, name: str) -> type:
-        if module == "builtins" and name in _SAFE_BUILTINS:
-            return super().find_class(module, name)
-        raise DataError(
-            f"{self._source}: refuses to unpickle {module}.{name}; only plain Python containers, "
-            "numbers and strings are allowed"
-        )
 
 
 @dataclass(frozen=True)
@@ -55,7 +36,8 @@ class XMNetRecord:
 
 
 def load_labels_pkl(path: str | Path) -> dict[int | str, int]:
-    """Load ``labels.pkl`` without executing code: only builtin types may appear in it.
+    """Load ``labels.pkl`` without executing code (:func:`common.data.safe_pickle.safe_load_pickle`):
+    only plain containers of ints and strings may appear in it.
 
     Args:
         path: the pickle file.
@@ -64,18 +46,14 @@ def load_labels_pkl(path: str | Path) -> dict[int | str, int]:
         The dict as stored (keys int ids or str file names, values 1-based labels).
 
     Raises:
-        DataError: missing or unreadable file, a non-builtin class in the pickle, not a dict, mixed
+        DataError: missing or unreadable file, any class or callable in the pickle (UnsafePickleError,
+            nothing executed), not a dict, mixed
             or unsupported key types, or a label that is not an integer >= 1.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"labels file not found: {path}")
-    try:
-        data = _PlainUnpickler(path.read_bytes(), path).load()
-    except DataError:
-        raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise DataError(f"{path}: cannot unpickle: {exc}") from None
+    data = safe_load_pickle(path)
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a dict of labels, got {type(data).__name__}")
     if not data:

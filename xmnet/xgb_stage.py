@@ -1,0 +1,216 @@
+"""XGBoost + Optuna stage of XMNet (HEAD ``Train.py`` after training; xmnet.md §7.2).
+
+The search space is the original's: gblinear booster, ``multi:softprob``, lambda, alpha, eta, gamma in
+[1e-8, 1] (log), subsample and colsample_bytree in [0.2, 1] (both, like gamma, are tree-booster
+parameters without effect on gblinear: quirk 12), early stopping after 30 rounds, seed 1.
+
+Two protocols (``eval_on``):
+
+* ``val`` (default): early stopping and the objective (log-loss) on a validation part carved from the
+  training features; the best trial is the one with the lowest validation log-loss; its test accuracy
+  is reported.
+* ``test`` (the original, optimistic): ``eval_set`` = the test features drive early stopping, the
+  objective is the *training* log-loss, and "overall_best" is the maximum test accuracy over all
+  trials, i.e. model selection on the test set.
+
+Both protocols report ``best_accuracy`` (test accuracy of the best trial) and ``overall_best`` (max
+over trials, optimistic) as the original logs do. The study lives in Optuna storage (SQLite in the
+output folder by default), so a killed study resumes with its finished trials; ``n_trials`` is the
+total number of finished trials wanted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.checkpoint import atomic_write_text
+
+_logger = logging.getLogger(__name__)
+
+EARLY_STOPPING_ROUNDS = 30
+SEARCH_SPACE = {  # name: (low, high, log)
+    "lambda": (1e-8, 1.0, True),
+    "alpha": (1e-8, 1.0, True),
+    "subsample": (0.2, 1.0, False),
+    "colsample_bytree": (0.2, 1.0, False),
+    "eta": (1e-8, 1.0, True),
+    "gamma": (1e-8, 1.0, True),
+}
+
+
+@dataclass
+class FeatureSet:
+    """Cached pooled features of one split (float32 N x D) and 0-based labels (N,)."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+
+def sqlite_url(path: str | Path) -> str:
+    """Optuna RDB URL of a SQLite file."""
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def suggest_params(trial: Any) -> dict[str, float]:
+    """The original's search space (xmnet.md §7.2 step 4)."""
+    return {k: trial.suggest_float(k, lo, hi, log=log) for k, (lo, hi, log) in SEARCH_SPACE.items()}
+
+
+def booster_params(params: dict[str, float], num_class: int, nthread: int | None) -> dict[str, Any]:
+    p = {"booster": "gblinear", "objective": "multi:softprob", "num_class": num_class, "eval_metric": "mlogloss",
+         "verbosity": 0, "seed": 1, **params}
+    if nthread is not None:
+        p["nthread"] = nthread
+    return p
+
+
+def train_booster(params: dict[str, float], train: FeatureSet, evalset: FeatureSet, *, num_class: int,
+                  n_estimators: int, nthread: int | None = None):
+    """``xgb.train`` with the evaluation set for early stopping (30 rounds); returns the booster."""
+    import xgboost as xgb
+
+    dtrain = xgb.DMatrix(train.x, label=train.y)
+    deval = xgb.DMatrix(evalset.x, label=evalset.y)
+    return xgb.train(booster_params(params, num_class, nthread), dtrain, num_boost_round=n_estimators,
+                     evals=[(dtrain, "train"), (deval, "eval")], early_stopping_rounds=EARLY_STOPPING_ROUNDS,
+                     verbose_eval=False)
+
+
+def _proba(booster: Any, x: np.ndarray) -> np.ndarray:
+    import xgboost as xgb
+
+    # gblinear keeps only its final weights: the whole booster is the model (no iteration_range)
+    return booster.predict(xgb.DMatrix(x))
+
+
+def log_loss(proba: np.ndarray, y: np.ndarray) -> float:
+    p = np.clip(proba[np.arange(len(y)), y], 1e-15, 1.0)
+    return float(-np.log(p).mean())
+
+
+def accuracy(proba: np.ndarray, y: np.ndarray) -> float:
+    return float((proba.argmax(1) == y).mean())
+
+
+def run_study(
+    train: FeatureSet | Callable[[], FeatureSet],
+    test: FeatureSet,
+    *,
+    num_class: int,
+    output_dir: str | Path,
+    eval_on: str = "val",
+    val: FeatureSet | None = None,
+    n_trials: int = 150,
+    n_estimators: int = 100,
+    storage: str | None = None,
+    study_name: str = "xmnet_xgboost",
+    n_jobs: int = 1,
+    seed: int = 1,
+    nthread: int | None = None,
+    callbacks: Sequence[Callable] = (),
+) -> dict[str, Any]:
+    """Run (or resume) the Optuna study, refit the best trial, save the booster and a summary.
+
+    Args:
+        train: training features, or a function returning them (called in every trial: the original's
+            re-extraction through the augmenting loader, ``--xgb_reextract_train``).
+        test: test features.
+        num_class: classes (from the data, not the original's hard-coded 200).
+        output_dir: where ``xgboost_best.json`` (XGBoost JSON format), ``optuna_study_summary.json``
+            and, by default, the SQLite study ``optuna_study.db`` go.
+        eval_on: "val" (``val`` features required) or "test" (the original, optimistic).
+        n_trials: total finished trials wanted; trials already finished in the storage count.
+        storage: an Optuna RDB URL; None = SQLite file in ``output_dir``.
+        n_jobs: Optuna parallel trials in this process (several processes may share ``storage``).
+        callbacks: extra Optuna callbacks ``(study, trial)``.
+
+    Returns:
+        The summary (also written to ``optuna_study_summary.json``).
+    """
+    import optuna
+
+    if eval_on not in ("val", "test"):
+        raise ValueError(f"--xgb_eval_on must be 'val' or 'test', got '{eval_on}'")
+    if eval_on == "val" and val is None:
+        raise ValueError("--xgb_eval_on val needs validation features")
+    if n_trials < 1:
+        raise ValueError(f"--n_trials must be >= 1, got {n_trials}")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = storage or sqlite_url(out / "optuna_study.db")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize",
+                                    sampler=optuna.samplers.TPESampler(seed=seed), load_if_exists=True)
+    except Exception as exc:  # bad URL, unreachable database: one line naming the flag
+        raise ValueError(f"--optuna_storage {storage}: cannot open the study ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    get_train = train if callable(train) else (lambda: train)
+    fixed_train = None if callable(train) else train
+
+    def objective(trial: Any) -> float:
+        params = suggest_params(trial)
+        tr = get_train()
+        evalset = val if eval_on == "val" else test
+        booster = train_booster(params, tr, evalset, num_class=num_class, n_estimators=n_estimators, nthread=nthread)
+        test_acc = accuracy(_proba(booster, test.x), test.y)
+        trial.set_user_attr("test_accuracy", test_acc)
+        trial.set_user_attr("best_iteration", int(getattr(booster, "best_iteration", -1)))
+        if eval_on == "val":
+            value = log_loss(_proba(booster, val.x), val.y)
+            trial.set_user_attr("val_accuracy", accuracy(_proba(booster, val.x), val.y))
+        else:  # the original: the objective is the training log-loss
+            value = log_loss(_proba(booster, tr.x), tr.y)
+        return value
+
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    remaining = n_trials - len(done)
+    if done:
+        _logger.info("optuna study '%s' in %s: %d finished trials found, running %d more", study_name, storage,
+                     len(done), max(0, remaining))
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, n_jobs=n_jobs, callbacks=list(callbacks),
+                       gc_after_trial=False)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = study.best_trial
+    best_acc = float(best.user_attrs["test_accuracy"])
+    overall = max(complete, key=lambda t: t.user_attrs["test_accuracy"])
+    # refit the best trial's parameters (deterministic with one thread) and save it in XGBoost's JSON
+    refit_train = fixed_train if fixed_train is not None else get_train()
+    booster = train_booster(best.params, refit_train, val if eval_on == "val" else test, num_class=num_class,
+                            n_estimators=n_estimators, nthread=nthread)
+    booster_path = out / "xgboost_best.json"
+    tmp = out / ".xgboost_best.tmp.json"
+    booster.save_model(str(tmp))
+    tmp.replace(booster_path)
+    summary = {
+        "study_name": study_name,
+        "storage": storage,
+        "eval_on": eval_on,
+        "n_trials": len(complete),
+        "num_class": num_class,
+        "feature_dim": int(test.x.shape[1]),
+        "best_trial": best.number,
+        "best_value": best.value,
+        "best_params": best.params,
+        "best_accuracy": best_acc,
+        "overall_best": float(overall.user_attrs["test_accuracy"]),
+        "overall_best_trial": overall.number,
+        "refit_test_accuracy": accuracy(_proba(booster, test.x), test.y),
+        "booster": str(booster_path),
+        "note": ("overall_best is the maximum test accuracy over trials (selection on the test set: "
+                 "optimistic)" + ("; with eval_on=test the test set also drives early stopping"
+                                  if eval_on == "test" else "")),
+        "trials": [{"number": t.number, "value": t.value, "params": t.params, **t.user_attrs} for t in complete],
+    }
+    atomic_write_text(json.dumps(summary, indent=2) + "\n", out / "optuna_study_summary.json")
+    _logger.info("XGBoost (%s protocol): best trial %d, best_accuracy %.4f, overall_best %.4f over %d trials",
+                 eval_on, best.number, best_acc, summary["overall_best"], len(complete))
+    return summary
