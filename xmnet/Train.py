@@ -63,7 +63,7 @@ UNKNOWN_FLAG_NOTE = ("the original Train.py parsed its flags with parse_known_ar
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("XMNet: attention backbone + XGBoost, U-Net / UNet3+ vein segmentation",
-                                add_help=False)
+                                add_help=False, allow_abbrev=False)
     g = p.add_argument_group("original flags (HEAD 3563a4e and ad0afa8d)")
     g.add_argument("--lr", type=float, default=None,
                    help="SGD learning rate (default: 0.05; 0.02 with --model_path unless --unet, as ad0afa8d)")
@@ -150,7 +150,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the command line; unknown flags are an error that explains the original."""
-    parser = argparse.ArgumentParser(parents=[get_args_parser()])
+    # no prefix matching: an abbreviated or mistyped flag is an unknown flag, not a silent match
+    parser = argparse.ArgumentParser(parents=[get_args_parser()], allow_abbrev=False)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} ({UNKNOWN_FLAG_NOTE})")

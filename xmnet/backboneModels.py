@@ -25,15 +25,16 @@ _logger = logging.getLogger(__name__)
 
 BACKBONES = ("densenet161", "resnet50", "resnet34", "resnet18", "vgg19", "mobilenet_v2", "mobilenet_v3_large",
              "inception_v3")
-# MGANet mganet.py: children of ``.features`` at a position below this are frozen (xmnet.md §5.4)
+# MGANet mganet.py: children of ``.features`` whose 1-based position is below this are frozen
+# (xmnet.md §5.1/§5.4: DenseNet's 9 freezes conv0 ... transition2, the first 8 children)
 FREEZE_BELOW = {"densenet": 9, "resnet": 7, "mobilenet_v2": 11, "vgg19": 22}
 FREEZE_BELOW_OTHERS = 10
 ATTENTIONS = ("xmnet", "mmanet", "none")
 
 
 def freeze_threshold(backbone: str) -> int:
-    """Position below which the children of ``.features`` are frozen (densenet 9, resnet 7,
-    mobilenet_v2 11, vgg19 22, others 10)."""
+    """1-based position below which the children of ``.features`` are frozen (densenet 9, resnet 7,
+    mobilenet_v2 11, vgg19 22, others 10): the first ``threshold - 1`` children."""
     for prefix, n in FREEZE_BELOW.items():
         if backbone.startswith(prefix):
             return n
@@ -235,7 +236,8 @@ class XMNetModel(nn.Module):
         return [m for m in (self.features, self.attention, self.classifier) if m is not None]
 
     def apply_freezing(self, *, freeze_all: bool) -> list[str]:
-        """Freeze the children of ``features`` below the backbone's threshold (MGANet's rule) or, with
+        """Freeze the children of ``features`` whose 1-based position is below the backbone's threshold
+        (MGANet's rule: the first ``threshold - 1``; DenseNet-161: conv0 ... transition2) or, with
         ``freeze_all``, the whole classification network (features, attention, classifier).
 
         Returns:
@@ -243,7 +245,7 @@ class XMNetModel(nn.Module):
         """
         threshold = freeze_threshold(self.backbone_name)
         frozen = []
-        for pos, (name, child) in enumerate(self.features.named_children()):
+        for pos, (name, child) in enumerate(self.features.named_children(), start=1):
             if freeze_all or pos < threshold:
                 child.requires_grad_(False)
                 frozen.append(name)

@@ -1,0 +1,37 @@
+# shellcheck shell=bash
+# Shared part of the XMNet drivers (train_model_cls.sh, train_model_seg.sh, train_model_seg_unet3plus.sh).
+#
+# The original drivers take positional arguments: $1 experiment number, $2 backbone, $3 local-train
+# flag (`true` or anything else). They are kept: `bash train_model_cls.sh 2 resnet50 true` runs case 2.
+# On top, every shell/runlib.sh option works (--run-specific 1,3-5, --dry-run, --skip-completed, ...,
+# KEY=VALUE). A positional experiment number N means `--run-specific N`; without one, all cases are
+# selected (the original printed an error instead).
+
+XM_POSITIONALS=()
+XM_RUNLIB_ARGS=()
+
+xm_split_args() {  # separate positionals from runlib options / KEY=VALUE overrides
+    local a expect_value=0
+    for a in "$@"; do
+        if (( expect_value )); then
+            XM_RUNLIB_ARGS+=("$a"); expect_value=0; continue
+        fi
+        case "$a" in
+            --start-from|--run-specific|--run-count) XM_RUNLIB_ARGS+=("$a"); expect_value=1 ;;
+            -*|*=*) XM_RUNLIB_ARGS+=("$a") ;;
+            *) XM_POSITIONALS+=("$a") ;;
+        esac
+    done
+    if (( ${#XM_POSITIONALS[@]} > 3 )); then
+        echo "$(basename -- "$0"): at most 3 positional arguments (experiment number, backbone, local flag), got ${#XM_POSITIONALS[@]}" >&2
+        exit 2
+    fi
+}
+
+xm_check_case() {  # NUMBER TOTAL: the original's error for a number outside the cases (exit 1)
+    local n="$1" total="$2"
+    if [[ ! "$n" =~ ^[0-9]+$ ]] || (( 10#$n < 1 || 10#$n > total )); then
+        echo "Invalid option: provide a number between 1 and $total (got '$n')" >&2
+        exit 1
+    fi
+}

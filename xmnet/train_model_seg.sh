@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# XMNet segmentation driver (ad0afa8d train_model_seg.sh; absent at HEAD), over shell/runlib.sh.
+#
+#   bash xmnet/train_model_seg.sh [N] [BACKBONE] [LOCAL] [runlib options] [KEY=VALUE ...]
+#
+# All 12 cases: --mmanet --seg_ild --freeze_all --dataparallel --unet --model_path $MODEL_PATH, with
+#   --att_from 1 (cases 1/2), 2 (3/4), 3 (5/6), 4 (7/8), 5 (9/10), 6 (11/12); even cases add --fsds.
+# LOCAL `true`: DATA_DIR ./data, MODEL_PATH ./checkpoint/file.pth, --local_train 1; otherwise the
+# original's /work/MGANet/data and /mnt/mywork/all_backbones/checkpoint/densenet161_MGANet_Classification_03:55-21-12-2023.pth
+# with --local_train 0. Override with DATA_DIR=... MODEL_PATH=...
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+# shellcheck source=_driver_lib.sh
+source "$HERE/_driver_lib.sh"
+xm_split_args "$@"
+TOTAL=12
+if (( ${#XM_POSITIONALS[@]} >= 1 )); then
+    xm_check_case "${XM_POSITIONALS[0]}" "$TOTAL"
+    XM_RUNLIB_ARGS=(--run-specific "$((10#${XM_POSITIONALS[0]}))" "${XM_RUNLIB_ARGS[@]}")
+fi
+RUNLIB_DESCRIPTION="XMNet segmentation, U-Net decoder (train_model_seg.sh): att_from 1-6, without / with --fsds"
+# shellcheck source=../shell/runlib.sh
+source "$ROOT/shell/runlib.sh"
+runlib_parse_args "${XM_RUNLIB_ARGS[@]}"
+
+if [[ -x "$ROOT/.venv/bin/python" ]]; then _py="$ROOT/.venv/bin/python"; else _py=python; fi
+LOCAL="${XM_POSITIONALS[2]:-false}"
+if [[ "$LOCAL" == true ]]; then
+    _data=./data; _model=./checkpoint/file.pth; _local=1
+else
+    _data=/work/MGANet/data; _model=/mnt/mywork/all_backbones/checkpoint/densenet161_MGANet_Classification_03:55-21-12-2023.pth; _local=0
+fi
+runlib_var PYTHON "$_py"
+runlib_var BACKBONE "${XM_POSITIONALS[1]:-densenet161}"
+runlib_var DATA_DIR "$_data"
+runlib_var MODEL_PATH "$_model"
+runlib_var OUT_ROOT ./output
+runlib_var EXTRA_ARGS ""
+
+base=("$PYTHON" -u "$HERE/Train.py" --mmanet --seg_ild --freeze_all --dataparallel --unet
+      --backbone_class "$BACKBONE" --data_dir "$DATA_DIR" --model_path "$MODEL_PATH" --local_train "$_local")
+# shellcheck disable=SC2206
+extra=($EXTRA_ARGS)
+for att in 1 2 3 4 5 6; do
+    for fsds in 0 1; do
+        name="att_from${att}"; flags=(--att_from "$att")
+        if (( fsds )); then name+="_fsds"; flags+=(--fsds); fi
+        out="$OUT_ROOT/$BACKBONE/seg_unet_$name"
+        runlib_add "$name" "$out" -- "${base[@]}" "${flags[@]}" --output_dir "$out" "${extra[@]}"
+    done
+done
+if runlib_will_execute && [[ ! -f "$MODEL_PATH" ]]; then
+    echo "train_model_seg.sh: classification checkpoint not found: $MODEL_PATH (train one with train_model_cls.sh, then set MODEL_PATH=...)" >&2
+    exit 1
+fi
+runlib_run
