@@ -225,6 +225,8 @@ def fit_one_cycle(stage_dir: Path, task: Task, optimizer: torch.optim.Optimizer,
     _load_best(task, optimizer, best, settings.with_opt)
     if ctx.is_primary:
         atomic_write_text(json.dumps({"best_epoch": summary.get("best_epoch")}) + "\n", done)
+        # the finished stage is only ever reloaded from its best epoch
+        (stage_dir / "checkpoint_last.pth").unlink(missing_ok=True)
     return summary
 
 

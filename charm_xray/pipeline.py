@@ -274,6 +274,9 @@ def run_experiment(args: argparse.Namespace, plan: SplitPlan, exp_name: str, mom
         atomic_write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n", exp_dir / "metrics.json")
         atomic_write_text(json.dumps(result, indent=2) + "\n", result_file)
         atomic_write_text(time.strftime("%F %T") + "\n", exp_dir / FINISHED)
+        if not args.keep_stage_checkpoints:  # models/phase1_*.pth and final_*.pth hold what is needed
+            for stale in exp_dir.glob("*/checkpoint_*.pth"):
+                stale.unlink()
     ctx.barrier()
     return result
 
@@ -371,7 +374,7 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
             write_results(out, results, grid)
         setup_logging(out / "train_log.txt", is_primary=ctx.is_primary)
     if failed:
-        raise RuntimeError(f"{len(failed)} of {len(settings)} grid setting(s) failed: {', '.join(failed)} "
+        raise SystemExit(f"error: {len(failed)} of {len(settings)} grid setting(s) failed: {', '.join(failed)} "
                            f"(see {out / config.MODEL_PATHS['results_dir'] / 'grid_search_results.csv'})")
     return results
 

@@ -112,6 +112,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
                    help="mixed precision (the original's to_fp16); auto: fp16/bf16 on CUDA, bf16 on CPUs with "
                         "native bf16, else fp32 (default: auto)")
+    g.add_argument("--keep_stage_checkpoints", default=False, type=str2bool,
+                   help="keep each fit's training checkpoints after the setting finished (default: false; "
+                        "models/phase1_<exp>.pth and final_<exp>.pth are always kept)")
     g.add_argument("--no_progress", action="store_true", help="no tqdm bars")
     return parser
 

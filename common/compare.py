@@ -298,6 +298,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CompareError, ResultsError) as err:
         print(f"compare: error: {err}", file=sys.stderr)
         return 2
+    # protocol notes the run recorded itself (e.g. which split it used and why that matters here)
+    protocol = data.get("protocol")
+    if isinstance(protocol, dict):
+        for warning in protocol.get("warnings") or []:
+            print(f"compare: warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2, allow_nan=False))
     else:
