@@ -292,12 +292,19 @@ def load_state_dict_strict(module: torch.nn.Module, state: Mapping[str, torch.Te
             RuntimeError with one line per tensor); the message counts them and shows a few.
     """
     own = module.state_dict()
+    # an empty tensor in the module is a lazily sized buffer/parameter whose load hook takes the saved shape
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-             if k in own and v.shape != own[k].shape]
+             if k in own and isinstance(v, torch.Tensor) and isinstance(own[k], torch.Tensor)
+             and own[k].numel() > 0 and v.shape != own[k].shape]
     if wrong:
         raise CheckpointError(f"{what}: weights do not fit the model ({len(wrong)} tensors differ in shape, "
                               f"e.g. {wrong[:3]})")
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # torch's report: one line per tensor
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+        raise CheckpointError(f"{what}: weights do not fit the model ({detail})") from None
     if allow_missing:
         missing = []
     if missing or unexpected:

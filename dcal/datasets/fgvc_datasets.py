@@ -42,7 +42,7 @@ def _id_table(path: Path, what: str) -> dict[int, tuple[str, int]]:
     table: dict[int, tuple[str, int]] = {}
     for lineno, text in read_lines(path):
         fields = text.split(maxsplit=1)
-        if len(fields) != 2 or not fields[0].isdigit():
+        if len(fields) != 2 or not fields[0].isdecimal():
             raise ParseError(path, lineno, f"expected '<id> <{what}>', got {text!r}")
         key = int(fields[0])
         if key in table:
@@ -79,7 +79,7 @@ def read_cub200(data_root: str | Path) -> tuple[list[Record], list[Record], list
         if image_id not in split:
             raise ParseError(root / "images.txt", lineno, f"image id {image_id} has no line in train_test_split.txt")
         label_text, label_line = labels[image_id]
-        if not label_text.isdigit() or not 1 <= int(label_text) <= len(class_names):
+        if not label_text.isdecimal() or not 1 <= int(label_text) <= len(class_names):
             raise ParseError(root / "image_class_labels.txt", label_line,
                              f"class id {label_text!r} not in 1..{len(class_names)}")
         flag, flag_line = split[image_id]

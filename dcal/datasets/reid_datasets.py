@@ -82,7 +82,7 @@ def read_veri_xml(path: str | Path) -> dict[str, tuple[int, int]]:
         if name is None or vid is None or cam is None:
             raise ParseError(path, where, f"Item without imageName/vehicleID/cameraID: {dict(item.attrib)}")
         cam_m = _CAMERA.match(cam.strip())
-        if not vid.strip().lstrip("-").isdigit() or cam_m is None:
+        if not vid.strip().lstrip("-").isdecimal() or cam_m is None:
             raise ParseError(path, where, f"unreadable vehicleID {vid!r} or cameraID {cam!r} for {name}")
         if name in out:
             raise ParseError(path, where, f"duplicate imageName {name}")

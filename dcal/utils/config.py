@@ -212,19 +212,23 @@ def load_config(path: str | Path, opts: list[str] | None = None) -> ExperimentCo
 def apply_override(cfg: ExperimentConfig, opt: str) -> ExperimentConfig:
     """Apply one ``section.key=value`` (or ``key=value`` for top-level keys) override."""
     if "=" not in opt:
-        raise ConfigError(f"--opts: '{opt}' is not KEY=VALUE")
+        raise ConfigError(f"--opts: {opt!r} is not KEY=VALUE")
     key, text = opt.split("=", 1)
     parts = key.strip().split(".")
-    value = parse_yaml_value(text)
+    try:
+        value = parse_yaml_value(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or exc
+        raise ConfigError(f"--opts {key!r}: invalid YAML value {text!r} ({' '.join(str(problem).split())})") from None
     if len(parts) == 1:
         target, name = cfg, parts[0]
     elif len(parts) == 2 and parts[0] in SECTIONS:
         target, name = getattr(cfg, parts[0]), parts[1]
     else:
-        raise ConfigError(f"--opts: unknown key '{key}' (use section.key with section in {sorted(SECTIONS)})")
+        raise ConfigError(f"--opts: unknown key {key!r} (use section.key with section in {sorted(SECTIONS)})")
     fields_ = {f.name for f in dataclasses.fields(target)}
     if name not in fields_ or (target is cfg and name in SECTIONS):
-        raise ConfigError(f"--opts: unknown key '{key}'")
+        raise ConfigError(f"--opts: unknown key {key!r}")
     hints = typing.get_type_hints(type(target))
     setattr(target, name, _check_type(value, hints[name], f"--opts {key}"))
     return cfg
