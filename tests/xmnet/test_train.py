@@ -138,9 +138,10 @@ def test_drivers_case_numbers_and_dry_run(tmp_path):
 def test_drivers_run_on_demo_data_and_skip_completed(xm_root, tmp_path):
     shutil.copytree(xm_root, tmp_path / "data")
     extra = "EXTRA_ARGS=" + " ".join([*TINY, "--max_epoch", "1"])
-    r = _driver("train_model_cls.sh", tmp_path, "1", "resnet18", "true", extra, "OUT_ROOT=out")
+    # the ad0afa8d flow: an MMANet classification checkpoint feeds the (MMANet) segmentation drivers
+    r = _driver("train_model_cls.sh", tmp_path, "1", "resnet18", "true", extra, "OUT_ROOT=out", "ATTENTION=mmanet")
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    run = tmp_path / "out/resnet18/cls_1_xmnet"
+    run = tmp_path / "out/resnet18/cls_1_mmanet"
     assert (run / "_FINISHED").is_file() and (run / "metrics.json").is_file()
     ckpt = next((run / "checkpoint").glob("*.pth"))
     (tmp_path / "checkpoint").mkdir()
@@ -150,5 +151,5 @@ def test_drivers_run_on_demo_data_and_skip_completed(xm_root, tmp_path):
         assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert (tmp_path / "out/resnet18/seg_unet_att_from5_fsds/metrics.json").is_file()
     assert (tmp_path / "out/resnet18/seg_unet3plus_att_from5/metrics.json").is_file()
-    r = _driver("train_model_cls.sh", tmp_path, "1", "resnet18", "true", extra, "OUT_ROOT=out")
+    r = _driver("train_model_cls.sh", tmp_path, "1", "resnet18", "true", extra, "OUT_ROOT=out", "ATTENTION=mmanet")
     assert r.returncode == 0 and "skipped" in r.stdout
