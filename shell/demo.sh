@@ -32,7 +32,7 @@ echo "[demo] results (metrics.json of every demo run under $DEMO_OUT)"
 python -m common.demo_table "$DEMO_OUT"
 
 # How a run is diffed against the published numbers (demo runs are tiny, so the deltas are large)
-for pair in "dvxray/CoordAttU_MCBConvex:dvxray" "cxrlt/stage2_db_cas:cxrlt" "dcal/train_reid_market:dcal"; do
+for pair in "dvxray/CoordAttU_MCBConvex:dvxray" "charm_xray/working/runs/experiment:charm_xray" "cxrlt/stage2_db_cas:cxrlt" "xmnet/output/resnet18/XMNet_Classification:xmnet" "dcal/train_reid_market:dcal"; do
     run="$DEMO_OUT/${pair%%:*}"
     [[ -f "$run/metrics.json" ]] || continue
     echo
