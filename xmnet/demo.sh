@@ -18,14 +18,15 @@ cd "$OUT"              # the original commands use ./data and ./best_model.pth r
 ln -sfn "$DATA" data
 TINY=(--crop_size 64 --seg_size 64 --batch_size 16 --num_workers 0 --device cpu)
 
-# Step 1 (README): classification, then the XGBoost + Optuna stage (5 trials instead of 150)
+# Step 1 (README): classification, then the XGBoost + Optuna stage (30 trials instead of 150: most
+# trials of the original search space (eta down to 1e-8) do not learn, so a handful is not enough)
 "$PY" -u "$HERE/Train.py" --xmnet --cls_included --backbone_class resnet18 --dataset soybean_2_1 \
-  "${TINY[@]}" --max_epoch 3 --lr 0.01 --n_trials 5 --xgb_n_estimators 30
+  "${TINY[@]}" --max_epoch 3 --lr 0.01 --n_trials 30 --xgb_n_estimators 30
 cp output/resnet18/XMNet_Classification/best_model.pth best_model.pth
 
 # Step 2 (README, both versions): segmentation on the frozen classification network
 "$PY" -u "$HERE/Train.py" --xmnet --seg_ild --freeze_all --dataparallel --data_dir ./data --backbone_class 'resnet18' \
-  --model_path best_model.pth --unet --transfer_to 0.250 "${TINY[@]}" --max_epoch 2 --att_from 4 --save_masks 4
+  --model_path best_model.pth --unet --transfer_to 0.250 "${TINY[@]}" --max_epoch 4 --att_from 4 --save_masks 4
 "$PY" -u "$HERE/Train.py" --xmnet --seg_ild --freeze_all --dataparallel --data_dir ./data --backbone_class 'resnet18' \
   --model_path ./best_model.pth --unet --att_from 1 --unet --dataset soybean_2_1 "${TINY[@]}" --max_epoch 1 \
   --save_masks 4 --output_dir output/resnet18/XMNet_Segmentation_Unet_att_from1
