@@ -77,6 +77,8 @@ def build_from_checkpoint(state: dict[str, torch.Tensor], recorded: dict[str, An
         setattr(args, k, chosen[k])
     kwargs = {} if chosen["model_name"] == "vgg16_lka" else {
         k: chosen[k] for k in _MODEL_ARGS if k not in ("model_name", "image_size")}
+    if kwargs:  # retrieval corrections the run was trained with (the bank itself is in the state dict)
+        kwargs.update({k: recorded[k] for k in ("memory_select", "memory_wrap", "exclusion_tol") if k in recorded})
     model = build_model(chosen["model_name"], len(config.DISEASE_LABELS), **kwargs)
     load_state_dict_strict(model, state, f"{what} (model_name {chosen['model_name']})")
     return model

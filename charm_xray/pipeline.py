@@ -80,7 +80,8 @@ def build_model_from_args(args: argparse.Namespace, momentum: float, k: int, thr
     if args.model_name != "vgg16_lka":
         kwargs = {"momentum": momentum, "attention_reduction": args.attention_reduction, "bank_size": args.bank_size,
                   "rarity_threshold": threshold, "retrieval_k": k, "dropout_rate": args.dropout_rate,
-                  "hidden_dim": args.hidden_dim}
+                  "hidden_dim": args.hidden_dim, "memory_select": args.memory_select,
+                  "memory_wrap": args.memory_wrap, "exclusion_tol": args.exclusion_tol}
     return build_model(args.model_name, len(config.DISEASE_LABELS), pretrained_weights=args.pretrained_weights,
                        **kwargs)
 

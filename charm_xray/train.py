@@ -53,6 +53,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--retrieval_k", default=mc.RETRIEVAL_K, type=int, help="default: 3")
     g.add_argument("--dropout_rate", default=mc.DROPOUT_RATE, type=float, help="default: 0.3")
     g.add_argument("--hidden_dim", default=mc.HIDDEN_DIM, type=int, help="default: 512")
+    g.add_argument("--memory_select", default="near_mean", choices=["near_mean", "rare"],
+                   help="which features enter the bank: near_mean = norm within the threshold of the batch mean, "
+                        "as the original; rare = the others, as the paper's wording says (default: near_mean)")
+    g.add_argument("--memory_wrap", default=False, type=str2bool,
+                   help="a write wraps around the end of the bank; the original drops the rows past the end "
+                        "(default: false)")
+    g.add_argument("--exclusion_tol", default=0.0, type=float,
+                   help="retrieval excludes slots with cosine >= 1 - tol; 0 = exactly 1.0, as the original, which "
+                        "can retrieve a sample's own feature (default: 0)")
     g = parser.add_argument_group("grid (train.ipynb); any of them switches to grid mode")
     g.add_argument("--momentum_values", nargs="+", type=float, default=None, help="e.g. 0.99")
     g.add_argument("--k_values", nargs="+", type=int, default=None, help="e.g. 2 3 4 5")

@@ -34,6 +34,7 @@ _BACKBONES: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "resnet18": (torchvision.models.resnet18, "ResNet-18 (not in the original; small CPU runs)"),
 }
 MODEL_NAMES: tuple[str, ...] = (*_BACKBONES, "vgg16_lka")
+MEMORY_SELECT = ("near_mean", "rare")
 
 
 def describe_model_names() -> str:
@@ -91,16 +92,23 @@ class ChestXrayModel(nn.Module):
         num_classes: 14 for ChestX-ray14.
         momentum, attention_reduction, bank_size, rarity_threshold, retrieval_k, dropout_rate,
         hidden_dim: ``config.ModelConfig`` (0.99, 8, 512, 0.2, 3, 0.3, 512).
+        memory_select: "near_mean" (the original: write features with rarity < threshold) or "rare"
+            (rarity >= threshold).
+        memory_wrap, exclusion_tol: :class:`MemoryBank` corrections (off by default).
         pretrained_weights: local torchvision ImageNet weights file, or None for random weights.
     """
 
     def __init__(self, model_name: str = "efficientnet_b0", num_classes: int = 14, *, momentum: float = 0.99,
                  attention_reduction: int = 8, bank_size: int = 512, rarity_threshold: float = 0.2,
                  retrieval_k: int = 3, dropout_rate: float = 0.3, hidden_dim: int = 512,
-                 pretrained_weights: str | Path | None = None):
+                 pretrained_weights: str | Path | None = None, memory_select: str = "near_mean",
+                 memory_wrap: bool = False, exclusion_tol: float = 0.0):
         super().__init__()
         if model_name not in _BACKBONES:
             raise ValueError(f"--model_name: unknown '{model_name}' (choose from {', '.join(MODEL_NAMES)})")
+        if memory_select not in MEMORY_SELECT:
+            raise ValueError(f"--memory_select: unknown '{memory_select}' (choose from {', '.join(MEMORY_SELECT)})")
+        self.memory_select = memory_select
         builder, what = _BACKBONES[model_name]
         net = builder(weights=None)
         load_torchvision_weights(net, pretrained_weights, what.split(" (")[0])
@@ -114,7 +122,7 @@ class ChestXrayModel(nn.Module):
         self.final_block = nn.Sequential(final)
         self.momentum_final_block = MomentumFinalBlock(self.final_block, momentum)
         self.spatial_attention = SpatialAttention(channels, attention_reduction)
-        self.memory_bank = MemoryBank(bank_size, channels)
+        self.memory_bank = MemoryBank(bank_size, channels, wrap_writes=memory_wrap, exclusion_tol=exclusion_tol)
         self.classifier = nn.Sequential(
             nn.BatchNorm1d(channels),
             nn.Linear(channels, hidden_dim),
@@ -153,7 +161,10 @@ class ChestXrayModel(nn.Module):
             norms = fused.detach().float().norm(dim=1)
             mean = norms.mean()
             rarity = (norms - mean).abs() / mean
-            self.memory_bank.write(fused.detach()[rarity < self.rarity_threshold])
+            # the original stores features whose norm is close to the batch mean (quirk 4); "rare" stores
+            # the outliers, as the paper's wording ("rare feature storage") suggests
+            chosen = rarity < self.rarity_threshold if self.memory_select == "near_mean" else rarity >= self.rarity_threshold
+            self.memory_bank.write(fused.detach()[chosen])
         enhanced = fused + self.memory_bank.retrieve(fused, self.retrieval_k)
         logits = self.classifier(enhanced)
         if self.training:

@@ -78,9 +78,14 @@ class MemoryBank(nn.Module):
         dim: feature width C.
     """
 
-    def __init__(self, size: int, dim: int):
+    def __init__(self, size: int, dim: int, *, wrap_writes: bool = False, exclusion_tol: float = 0.0):
         super().__init__()
         self.size = size
+        # corrected behaviours (off by default): wrap a write around the end of the bank instead of
+        # dropping its tail; exclude slots with similarity >= 1 - tol (a sample's own feature in
+        # floating point) instead of exactly 1.0
+        self.wrap_writes = wrap_writes
+        self.exclusion_tol = exclusion_tol
         self.register_buffer("memory", torch.zeros(size, dim))
         self.register_buffer("index", torch.tensor(0))
 
@@ -88,9 +93,16 @@ class MemoryBank(nn.Module):
     def write(self, features: torch.Tensor) -> int:
         """Store ``features`` [n, C] (detached); returns the number of rows written."""
         start = int(self.index)
+        features = features.detach().to(self.memory.dtype)
+        if self.wrap_writes:
+            features = features[-self.size:]
+            rows = (start + torch.arange(features.shape[0], device=features.device)) % self.size
+            self.memory[rows] = features
+            self.index.fill_((start + features.shape[0]) % self.size)
+            return features.shape[0]
         n = min(features.shape[0], self.size - start)
         if n > 0:
-            self.memory[start:start + n] = features[:n].detach().to(self.memory.dtype)
+            self.memory[start:start + n] = features[:n]
         self.index.fill_((start + n) % self.size)
         return n
 
@@ -101,7 +113,7 @@ class MemoryBank(nn.Module):
         k = min(k, self.size)
         if k <= 0:
             return torch.zeros_like(query)
-        excluded = sim.detach() == 1.0
+        excluded = sim.detach() >= 1.0 - self.exclusion_tol if self.exclusion_tol > 0 else sim.detach() == 1.0
         masked = sim.masked_fill(excluded, float("-inf"))
         top, idx = masked.topk(k, dim=1)
         # fewer than k slots left: the -inf picks weigh nothing (k = min(K, available) of the original)
