@@ -10,6 +10,7 @@ weights (never downloaded); ``load_pretrained`` reads a local torchvision state-
 from __future__ import annotations
 
 import logging
+import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -30,6 +31,7 @@ BACKBONES = ("densenet161", "resnet50", "resnet34", "resnet18", "vgg19", "mobile
 FREEZE_BELOW = {"densenet": 9, "resnet": 7, "mobilenet_v2": 11, "vgg19": 22}
 FREEZE_BELOW_OTHERS = 10
 ATTENTIONS = ("xmnet", "mmanet", "none")
+_DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def freeze_threshold(backbone: str) -> int:
@@ -64,8 +66,8 @@ def load_pretrained(features: nn.Sequential, name: str, path: str | Path) -> int
     """Load ImageNet weights of torchvision model ``name`` from a local file into ``features``.
 
     Accepts a full torchvision state dict (``features.*`` / ResNet / Inception top-level keys; the
-    classifier keys are ignored) or one of ``features`` itself. Every feature parameter must be
-    present with its shape.
+    classifier keys are ignored) or one of ``features`` itself. The feature keys must be exactly the
+    model's, with their shapes (a deeper variant's file, e.g. resnet34 for resnet18, is refused).
 
     Returns:
         The number of tensors loaded.
@@ -75,17 +77,24 @@ def load_pretrained(features: nn.Sequential, name: str, path: str | Path) -> int
     """
     raw = load_weights_file(path)
     raw = {k[len("module."):] if k.startswith("module.") else k: v for k, v in raw.items()}
+    # torchvision's published DenseNet files use the old names 'denselayer1.norm.1.weight'; torchvision
+    # renames them to 'denselayer1.norm1.weight' when loading, and so do we
+    raw = {_DENSENET_OLD_KEY.sub(r"\1\2", k): v for k, v in raw.items()}
     own = features.state_dict()
     if any(k.startswith("features.") for k in raw):
         sd = {k[len("features."):]: v for k, v in raw.items() if k.startswith("features.")}
-    else:
-        sd = {k: v for k, v in raw.items() if k in own}
+    else:  # a ResNet / Inception state dict: everything but the head belongs to the features
+        sd = {k: v for k, v in raw.items() if not k.startswith(("fc.", "classifier.", "AuxLogits."))}
+    # files saved before torch 0.4.1 have no BatchNorm counters: keep the model's
+    sd.update({k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in sd})
     missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
     bad = [k for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or bad:
-        what = f"missing {missing[:3]}" if missing else f"shape mismatch {bad[:3]}"
+    if missing or unexpected or bad:
+        what = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+                else f"shape mismatch {bad[:3]}")
         raise CheckpointError(f"--pretrained_weights {path}: not {name} ImageNet weights ({what}, "
-                              f"{len(missing) + len(bad)} keys in all)")
+                              f"{len(missing) + len(unexpected) + len(bad)} keys in all)")
     features.load_state_dict({k: sd[k] for k in own}, strict=True)
     return len(own)
 
