@@ -36,6 +36,9 @@ def add_phase_args(g: _Group) -> None:
     g.add_argument("--ema_decay", type=float, default=0.9999, help="EMA decay (timm ModelEmaV2) (default: 0.9999)")
     g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="fp16",
                    help="autocast dtype; fp16 becomes bf16 on CPU (default: fp16)")
+    g.add_argument("--skip_nonfinite", type=str2bool, default=False,
+                   help="skip (and count, train_nonfinite_skipped) batches whose loss is NaN/Inf, as the original "
+                        "loop does; false stops with an error naming the step (default: false)")
 
 
 def add_asl_args(g: _Group) -> None:

@@ -154,3 +154,25 @@ def test_cxrlt_stage1_phase2_fresh_start_after_a_kill_keeps_one_row_per_epoch(tm
     assert csv_epochs(out / "log.csv") == [0] and csv_epochs(out / "log_warmup.csv") == [0]
     assert not stale.exists()
     assert ckpt_epoch(out / "best_convnext_model.pth") == summary["best_epoch"] == 0
+
+
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_cxrlt_skip_nonfinite_flag_reaches_both_phases(tmp_path, monkeypatch, value):
+    import cxrlt.task
+    from common.synth import mimic as synth_mimic
+    from cxrlt import train_stage1
+
+    root = tmp_path / "mimic"
+    synth_mimic.write(root, n=16, seed=0)
+    seen = []
+
+    def fake_fit(*args, config, **kwargs):
+        seen.append(config.skip_nonfinite)
+        return {"best": {}}
+
+    monkeypatch.setattr(cxrlt.task, "fit", fake_fit)
+    argv = ["--data_dir", str(root), "--model", "convnextv2_atto", "--pretrained", "false", "--image_size", "32",
+            "--num_workers", "0", "--device", "cpu", "--batch_size", "8", "--output_dir", str(tmp_path / "out"),
+            "--skip_nonfinite", value]
+    train_stage1.main(argparse.ArgumentParser(parents=[train_stage1.get_args_parser()]).parse_args(argv))
+    assert seen == [value == "true"] * 2
