@@ -120,6 +120,10 @@ def _find_lr(args: argparse.Namespace, task: CharmTask, optimizer, loader, exp_d
         lr, how = args.lr_fallback, f"fallback ({err})"
     if not math.isfinite(lr) or lr <= 0:
         lr, how = args.lr_fallback, "fallback (non-finite suggestion)"
+    if ctx.distributed:  # every rank trains with rank 0's suggestion
+        value = torch.tensor([lr], dtype=torch.float64, device=ctx.device if ctx.device.type == "cuda" else "cpu")
+        torch.distributed.broadcast(value, src=0)
+        lr = float(value.item())
     _logger.info("lr_find: %d points, suggested lr %.4g (%s)", len(lrs), lr, how)
     if ctx.is_primary:
         plot_lr_find(lrs, losses, exp_dir / "lr_find.png", suggestion=lr, title=f"lr_find ({how})")

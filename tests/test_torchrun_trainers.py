@@ -75,3 +75,18 @@ def test_dcal_train_reid_under_torchrun(tmp_path):
                f"save_dir={out}"], ROOT, tmp_path)
     m = _metrics(out)
     assert m["dataset"] == "veri776" and m["best"]["num_valid_queries"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_charm_xray_train_under_torchrun(tmp_path):
+    data = tmp_path / "data"
+    generate("chestxray14", data, n=80, seed=0)
+    out = tmp_path / "working"
+    _torchrun([ROOT / "charm_xray/train.py", "--data_dir", data, "--output_dir", out, "--model_name", "resnet18",
+               "--image_size", "32", "--batch_size_phase1", "4", "--batch_size_phase2", "4", "--batch_size_test", "4",
+               "--lr_find_iters", "12", "--freeze_epochs", "1", "--phase1_epochs", "1", "--phase2_epochs", "1",
+               "--amp", "none", "--num_workers", "0", "--device", "cpu", "--no_progress"], tmp_path, tmp_path)
+    m = _metrics(out / "runs" / "experiment")
+    assert m["protocol"]["split"] == "charm_notebook" and len(m["best"]["per_class_auc"]) == 14
+    assert (out / "models" / "final_experiment.pth").is_file()
