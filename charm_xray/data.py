@@ -78,7 +78,6 @@ def patient_split(table: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.
     return table[table["Patient_ID"].isin(set(train_p))], table[table["Patient_ID"].isin(set(test_p))]
 
 
-
 @dataclass
 class Split:
     """Train / valid / test tables of one phase plus what the protocol reports."""
