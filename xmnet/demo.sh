@@ -24,15 +24,16 @@ TINY=(--crop_size 64 --seg_size 64 --batch_size 16 --num_workers 0 --device cpu)
   "${TINY[@]}" --max_epoch 3 --lr 0.01 --n_trials 30 --xgb_n_estimators 30
 cp output/resnet18/XMNet_Classification/best_model.pth best_model.pth
 
-# Step 2 (README, both versions): segmentation on the frozen classification network
+# Step 2 (README, both versions): segmentation on the frozen classification network (batch 4: the
+# U-Net decoder, without BatchNorm, needs a few dozen updates before its IoU leaves 0)
 "$PY" -u "$HERE/Train.py" --xmnet --seg_ild --freeze_all --dataparallel --data_dir ./data --backbone_class 'resnet18' \
-  --model_path best_model.pth --unet --transfer_to 0.250 "${TINY[@]}" --max_epoch 4 --att_from 4 --save_masks 4
+  --model_path best_model.pth --unet --transfer_to 0.250 "${TINY[@]}" --batch_size 4 --max_epoch 6 --att_from 4 --save_masks 4
 "$PY" -u "$HERE/Train.py" --xmnet --seg_ild --freeze_all --dataparallel --data_dir ./data --backbone_class 'resnet18' \
-  --model_path ./best_model.pth --unet --att_from 1 --unet --dataset soybean_2_1 "${TINY[@]}" --max_epoch 1 \
+  --model_path ./best_model.pth --unet --att_from 1 --unet --dataset soybean_2_1 "${TINY[@]}" --batch_size 4 --max_epoch 2 \
   --save_masks 4 --output_dir output/resnet18/XMNet_Segmentation_Unet_att_from1
 
 # The drivers (one case each; a second call would skip them as completed)
-EXTRA="${TINY[*]} --max_epoch 1 --n_trials 3 --xgb_n_estimators 10 --save_masks 2"
+EXTRA="${TINY[*]} --batch_size 4 --max_epoch 2 --n_trials 3 --xgb_n_estimators 10 --save_masks 2"
 bash "$HERE/train_model_cls.sh" 1 resnet18 true ATTENTION=mmanet OUT_ROOT=drivers EXTRA_ARGS="$EXTRA"
 mkdir -p checkpoint
 cp drivers/resnet18/cls_1_mmanet/best_model.pth checkpoint/file.pth
