@@ -501,6 +501,9 @@ def fit(
     if ctx.is_primary:
         for stale in remove_stale_temp_files(out_dir):
             _logger.info("removed %s, left by an interrupted write", stale)
+        # metrics.json marks a completed fit: one from an earlier attempt (or an earlier phase in the same
+        # folder) must not make an interrupted run look finished
+        (out_dir / "metrics.json").unlink(missing_ok=True)
     start_epoch = 0
     trainer = config.trainer or entry_point()
     resume_path = _resolve_resume(config.resume, config)

@@ -63,3 +63,30 @@ def test_dcal_save_dir_below_a_file_is_one_line_naming_the_config_key(tmp_path, 
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: config key save_dir ") and "which is a regular file" in err[-1]
+
+
+def test_disk_full_during_training_leaves_nothing_that_looks_complete(tmp_path, monkeypatch, capsys):
+    import common.engine as engine
+    from common.cli import run_main
+    from tests.reliability.helpers import ckpt_epoch, run_toy
+
+    out = tmp_path / "run"
+    run_toy(out, epochs=2)  # an earlier finished attempt in the same folder
+    assert (out / "metrics.json").is_file()
+    real = engine.save_checkpoint
+
+    def full_disk(path, state):
+        if state["epoch"] == 1:
+            raise OSError(errno.ENOSPC, f"No space left on device: '{path}'")
+        real(path, state)
+
+    monkeypatch.setattr(engine, "save_checkpoint", full_disk)
+    monkeypatch.delenv("TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        run_main(lambda a: run_toy(out, epochs=3), None)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: [Errno 28] No space left on device")
+    assert not (out / "metrics.json").exists()
+    assert ckpt_epoch(out / "checkpoint_last.pth") == 0
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
