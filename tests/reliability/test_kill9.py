@@ -161,3 +161,26 @@ def test_dcal_fgvc_kill9_then_resume_equals_uninterrupted(tmp_path, point):
     proc = _run("none", 0, mod, [*argv(out)[:2], "--resume", "auto", *argv(out)[2:]])
     assert proc.returncode == 0, proc.stderr[-2000:]
     _assert_same_run(full, out, last="checkpoint_last.pth", best="checkpoint_best.pth", csvs={"log.csv": 3})
+
+
+@pytest.mark.slow
+def test_dcal_reid_kill9_between_last_and_best_then_resume_equals_uninterrupted(tmp_path):
+    from common.synth import veri776
+    from tests.dcal.conftest import REID_CONFIG, tiny_opts
+
+    data = tmp_path / "veri"
+    veri776.write(data, 48, 0)
+    full, out = tmp_path / "full", tmp_path / "run"
+
+    def argv(save: Path, *resume: str) -> list[str]:
+        return ["--config", str(REID_CONFIG), *resume, "--opts", *tiny_opts(data, 4, save, epochs=2, batch=8),
+                "model.num_sa_blocks=1", "model.num_pwca_blocks=0"]
+
+    mod = "dcal.scripts.train_reid"
+    proc = _run("none", 0, mod, argv(full))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    best_epoch = json.loads((full / "metrics.json").read_text())["best_epoch"]
+    assert _killed(_run("before_best", best_epoch, mod, argv(out)))
+    proc = _run("none", 0, mod, argv(out, "--resume", "auto"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _assert_same_run(full, out, last="checkpoint_last.pth", best="checkpoint_best.pth", csvs={"log.csv": 2})

@@ -176,3 +176,16 @@ def test_cxrlt_skip_nonfinite_flag_reaches_both_phases(tmp_path, monkeypatch, va
             "--skip_nonfinite", value]
     train_stage1.main(argparse.ArgumentParser(parents=[train_stage1.get_args_parser()]).parse_args(argv))
     assert seen == [value == "true"] * 2
+
+
+def test_dcal_given_a_dvxray_checkpoint_names_the_trainer(cub_root, tmp_path):
+    from common.checkpoint import capture_rng_state, save_checkpoint
+
+    foreign = tmp_path / "dvxray_last.pth"
+    save_checkpoint(foreign, {"model": {"backbone.stem.0.weight": torch.zeros(8, 3, 4, 4)}, "optimizer": {},
+                              "epoch": 0, "update": 1, "rng": capture_rng_state(), "trainer": "dvxray/main_finetune.py",
+                              "args": {"model": "convnextv2_atto", "fpn_out_channels": 32, "fuse_mode": "add",
+                                       "head_type": "fpn_pan", "batch_size": 8, "lr": 1e-3}})
+    with pytest.raises(CheckpointError, match=r"^--resume.*dvxray_last\.pth does not fit this run: written by "
+                                              r"dvxray/main_finetune\.py \(its arguments"):
+        _dcal_fgvc(cub_root, tmp_path / "run", 1, "--resume", str(foreign))
