@@ -106,7 +106,7 @@ def run(ctx: Ctx) -> None:
     model.train()
 
     if not ctx.compile:
-        ctx.note(SECTION, "torch.compile not measured (--quick or --no-compile).")
+        ctx.note(SECTION, "torch.compile not measured (off by default in --quick, or --no-compile).")
         return
     ctx.note(SECTION, "torch.compile is measured in the harness only: the trainers have no --compile flag.")
     compiled_task = build_task(name, True).to(dev).train()

@@ -46,7 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 3; --quick 1)")
-    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile (off in --quick)")
+    p.add_argument("--compile", dest="compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure torch.compile (default: on in full mode, off in --quick)")
     p.add_argument("--out", default=str(RESULTS), help="output folder (default benchmarks/results)")
     return p
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit("--device cuda: CUDA is not available")
     device = torch.device(args.device)
     reps = args.reps or (1 if args.quick else 3)
-    ctx = Ctx(device=device, quick=args.quick, warmup=1, reps=reps, compile=args.compile and not args.quick)
+    ctx = Ctx(device=device, quick=args.quick, warmup=1, reps=reps, compile=not args.quick if args.compile is None else args.compile)
     names = list(SECTIONS) if not args.only else ["matmul"] + [n for n in SECTIONS if n in args.only and n != "matmul"]
     info = machine_info(device)
     print(f"benchmarks: {info['cpu_model']}, {info['torch_threads']} threads, native bf16 {info['native_bf16']}, "
