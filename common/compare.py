@@ -2,7 +2,19 @@
 
 Usage::
 
-    python -m common.compare RUN_DIR --paper dvxray [--entry mcbu] [--section best] [--json]
+    python -m common.compare RUN_DIR [RUN_DIR ...] --paper dvxray [--entry mcbu] [--section best] [--json]
+        [--markdown FILE] [--csv FILE] [--tolerance X]
+
+Several RUN_DIRs (repeats of one setting, e.g. the seeds of ``dvxray/main.sh``) are summarised per
+row as mean ± std (n) of the runs (sample std, 0 for one run); delta = mean - published.
+``--markdown`` / ``--csv`` write the same table to a file. ``--tolerance X`` (in the paper's
+``run_scale`` units) makes the exit status 1 when a headline metric's mean falls short of the
+published value by more than X (per-class rows are shown, not gated).
+
+Protocol check: registry entries may carry machine-readable ``split`` / ``backbone`` /
+``input_size`` fields; each is compared with the run's ``metrics.json`` ``protocol`` dict (or the
+same key at its top level) and a mismatch is printed as a warning on stderr, as are the
+``protocol.warnings`` the run recorded itself.
 
 Reads ``RUN_DIR/metrics.json`` (written by ``common.engine.fit``: ``{"monitor", "best_epoch",
 "best": {...}, "final": {...}, "class_names": [...] (optional)}``) and the paper's registry file
@@ -20,6 +32,7 @@ Per-class lists are matched to class names by name (case, spaces and underscores
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
@@ -46,7 +59,8 @@ def get_args_parser() -> ArgumentParser:
         --results-dir).
     """
     parser = ArgumentParser("Compare a run's metrics.json with published results", add_help=False)
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="run folder holding metrics.json")
+    parser.add_argument("run_dir", metavar="RUN_DIR", nargs="+",
+                        help="run folder(s) holding metrics.json; several are summarised as mean ± std (n)")
     parser.add_argument("--paper", required=True, help="registry to compare with (a file stem in common/results/)")
     parser.add_argument(
         "--entry", action="append", default=None, metavar="NAME",
@@ -68,6 +82,13 @@ def get_args_parser() -> ArgumentParser:
              "(default: on when the run's monitored metric is an _ema one)",
     )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+    parser.add_argument("--markdown", default=None, metavar="FILE", help="also write the table as Markdown (default: off)")
+    parser.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV (default: off)")
+    parser.add_argument(
+        "--tolerance", type=float, default=None, metavar="X",
+        help="exit 1 when a headline metric falls short of its published value by more than X, in the "
+             "paper's run_scale units (default: no gate)",
+    )
     parser.add_argument(
         "--results-dir", default=None,
         help="folder with <paper>.yaml registry files (default: the common/results package)",
@@ -241,11 +262,146 @@ def compare(
     }
 
 
+def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Merge per-run :func:`compare` outputs (same entries) into mean ± std (n) rows.
+
+    Args:
+        results: one :func:`compare` dict per run, built from the same entries.
+
+    Returns:
+        The first result's layout with each row's ``run`` replaced by the mean over the runs that
+        have a value, plus ``std`` (sample std; 0.0 for n = 1), ``n``, ``values`` (one per run,
+        None where absent) and ``delta`` = mean - published; ``metrics_file`` becomes a list when
+        there are several runs.
+    """
+    first = results[0]
+    rows = []
+    for i, row in enumerate(first["rows"]):
+        values = [r["rows"][i]["run"] for r in results]
+        have = [v for v in values if v is not None]
+        n = len(have)
+        mean = sum(have) / n if n else None
+        std = math.sqrt(sum((v - mean) ** 2 for v in have) / (n - 1)) if n > 1 else (0.0 if n else None)
+        pub = row["published"]
+        rows.append({**row, "run": mean, "std": std, "n": n, "values": values,
+                     "delta": None if mean is None or pub is None else mean - pub})
+    notes: list[str] = []
+    for r in results:
+        notes += [n for n in r["notes"] if n not in notes]
+    files = [r["metrics_file"] for r in results]
+    return {**first, "metrics_file": files[0] if len(files) == 1 else files, "n_runs": len(results),
+            "rows": rows, "notes": notes}
+
+
+def protocol_warnings(data: dict[str, Any], entries: Sequence[PublishedEntry], *, run_name: str = "this run") -> list[str]:
+    """Compare the entries' protocol fields with what one run recorded.
+
+    Args:
+        data: parsed metrics.json; its ``protocol`` dict is read first, then its top level.
+        entries: the compared registry entries.
+        run_name: how the run is named in the message.
+
+    Returns:
+        One warning per (entry, field) whose value differs from the run's, e.g. "charm_best 0.8752
+        was measured on the notebook split's 12.5 % subset; this run used the official split". A
+        field the run did not record is not checked.
+    """
+    recorded = data.get("protocol") if isinstance(data.get("protocol"), dict) else {}
+    out = []
+    for e in entries:
+        for key, want in e.protocol_fields().items():
+            got = recorded.get(key, data.get(key))
+            if got is None or _norm(str(got)) == _norm(str(want)):
+                continue
+            value = "(unpublished)" if e.value is None else f"{e.value:g}"
+            if key == "split":
+                where = e.split_desc or f"the {want} split"
+                out.append(f"{e.name} {value} was measured on {where}; {run_name} used the {got} split")
+            else:
+                out.append(f"{e.name} {value} was measured with {key} {want}; {run_name} used {key} {got}")
+    return out
+
+
+def tolerance_failures(result: dict[str, Any], tolerance: float) -> list[str]:
+    """Headline rows whose run value falls short of the published value by more than ``tolerance``.
+
+    Args:
+        result: :func:`compare` or :func:`aggregate` output.
+        tolerance: allowed shortfall, in the result's ``run_scale`` units.
+
+    Returns:
+        One line per failing row (entry, metric, run, published, shortfall).
+    """
+    scale = result["run_scale"]
+    return [f"{r['entry']} {r['metric']}: run {_fmt(r['run'], scale)} is {_fmt(r['published'] - r['run'], scale)} "
+            f"below published {_fmt(r['published'], scale)} (tolerance {tolerance:g})"
+            for r in result["rows"]
+            if r["class"] is None and r["run"] is not None and r["published"] is not None
+            and r["published"] - r["run"] > tolerance]
+
+
 def _fmt(x: float | None, scale: str, *, signed: bool = False) -> str:
     if x is None:
         return "-"
     digits = 4 if scale == "fraction" else 2
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def _run_cell(r: dict[str, Any], scale: str, n_runs: int) -> str:
+    if n_runs <= 1 or r["run"] is None:
+        return _fmt(r["run"], scale)
+    return f"{_fmt(r['run'], scale)} ± {_fmt(r['std'], scale)} (n={r['n']})"
+
+
+def table_rows(result: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """Header and body cells of the comparison table (shared by the text, Markdown and CSV forms).
+
+    Args:
+        result: :func:`compare` or :func:`aggregate` output.
+
+    Returns:
+        ``(header, rows)``; the run column is ``mean ± std (n=N)`` when several runs were given.
+    """
+    scale, n_runs = result["run_scale"], result.get("n_runs", 1)
+    header = ("entry", "metric", "run", "published", "delta", "source")
+    body = []
+    for r in result["rows"]:
+        pub = _fmt(r["published"], scale) if r["published"] is not None else ("n/p" if r["class"] is None else "-")
+        body.append((r["entry"] if r["class"] is None else "", r["metric"], _run_cell(r, scale, n_runs), pub,
+                     _fmt(r["delta"], scale, signed=True), r["source"] if r["class"] is None else ""))
+    return header, body
+
+
+def write_markdown(result: dict[str, Any], path: str | Path) -> Path:
+    """Write the comparison table as a Markdown table (with a title line) to ``path``."""
+    header, body = table_rows(result)
+    files = result["metrics_file"] if isinstance(result["metrics_file"], list) else [result["metrics_file"]]
+    cell = lambda s: s.replace("|", "\\|")  # noqa: E731
+    lines = [f"**{result['paper']}** vs published, {len(files)} run(s) [{result['section']}], "
+             f"values as {result['run_scale']}", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(c) for c in b) + " |" for b in body]
+    if result["notes"]:
+        lines += [""] + [f"- {n}" for n in result["notes"]]
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def write_csv(result: dict[str, Any], path: str | Path) -> Path:
+    """Write the comparison rows as CSV (numbers unformatted: mean, std, n, published, delta)."""
+    cols = ("entry", "metric", "class", "run_key", "run", "std", "n", "published", "delta", "scale", "dataset",
+            "source")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(cols)
+        for r in result["rows"]:
+            row = {"std": 0.0 if r["run"] is not None else None, "n": int(r["run"] is not None), **r}
+            writer.writerow(["" if row.get(c) is None else row.get(c) for c in cols])
+    return out
 
 
 def format_table(result: dict[str, Any], entries: Sequence[PublishedEntry]) -> str:
@@ -259,16 +415,13 @@ def format_table(result: dict[str, Any], entries: Sequence[PublishedEntry]) -> s
         The text to print.
     """
     scale = result["run_scale"]
-    header = ("entry", "metric", "run", "published", "delta", "source")
-    body = []
-    for r in result["rows"]:
-        pub = _fmt(r["published"], scale) if r["published"] is not None else ("n/p" if r["class"] is None else "-")
-        src = r["source"] if len(r["source"]) <= 70 else r["source"][:67] + "..."
-        body.append((r["entry"] if r["class"] is None else "", r["metric"], _fmt(r["run"], scale), pub,
-                     _fmt(r["delta"], scale, signed=True), src if r["class"] is None else ""))
+    header, body = table_rows(result)
+    body = [(*b[:5], b[5] if len(b[5]) <= 70 else b[5][:67] + "...") for b in body]
+    files = result["metrics_file"]
+    what = files if isinstance(files, str) else f"{len(files)} runs, mean ± std (n)"
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
     line = "  ".join(f"{{:<{w}}}" for w in widths)
-    out = [f"{result['paper']}: {result['metrics_file']} [{result['section']}], values as {scale}"
+    out = [f"{result['paper']}: {what} [{result['section']}], values as {scale}"
            + (" (n/p = not published)" if any(r["published"] is None for r in result["rows"]) else ""),
            line.format(*header).rstrip(), line.format(*("-" * w for w in widths)).rstrip()]
     out += [line.format(*b).rstrip() for b in body]
@@ -281,32 +434,57 @@ def format_table(result: dict[str, Any], entries: Sequence[PublishedEntry]) -> s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the process exit status (0 ok, 2 on bad input)."""
+    """Command-line entry point; returns the exit status (0 ok, 1 tolerance gate failed, 2 bad input)."""
     parser = ArgumentParser(parents=[get_args_parser()], description=__doc__.split("\n\n")[0])
     args = parser.parse_args(argv)
+    if args.tolerance is not None and args.tolerance < 0:
+        parser.error(f"--tolerance must be >= 0, got {args.tolerance}")
+    warnings: list[str] = []
     try:
         paper = load_paper(args.paper, args.results_dir)
-        data, path = read_metrics(args.run_dir)
+        runs = [read_metrics(d) for d in args.run_dir]
+        data0 = runs[0][0]
         # a run records its data set and whether it selected on the EMA model: use them unless told
         dataset = args.dataset
-        if dataset is None and not args.entry and isinstance(data.get("dataset"), str):
-            dataset = data["dataset"]
+        if dataset is None and not args.entry and isinstance(data0.get("dataset"), str):
+            dataset = data0["dataset"]
         entries = _select(paper, args.entry, args.all, dataset)
-        ema = args.ema or str(data.get("monitor", "")).endswith("_ema")
-        result = compare(data, paper, entries=entries, section=args.section, path=path,
-                         strict=bool(args.entry), ema=ema)
+        results = []
+        for data, path in runs:
+            ema = args.ema or str(data.get("monitor", "")).endswith("_ema")
+            results.append(compare(data, paper, entries=entries, section=args.section, path=path,
+                                   strict=bool(args.entry), ema=ema))
+            name = "this run" if len(runs) == 1 else f"run {path.parent}"
+            # protocol notes the run recorded itself (e.g. which split it used and why that matters)
+            protocol = data.get("protocol")
+            own = (protocol.get("warnings") or []) if isinstance(protocol, dict) else []
+            for w in [*own, *protocol_warnings(data, entries, run_name=name)]:
+                if w not in warnings:
+                    warnings.append(w)
+        result = aggregate(results) if len(results) > 1 else {**results[0], "n_runs": 1}
+        if args.markdown:
+            write_markdown(result, args.markdown)
+        if args.csv:
+            write_csv(result, args.csv)
     except (CompareError, ResultsError) as err:
         print(f"compare: error: {err}", file=sys.stderr)
         return 2
-    # protocol notes the run recorded itself (e.g. which split it used and why that matters here)
-    protocol = data.get("protocol")
-    if isinstance(protocol, dict):
-        for warning in protocol.get("warnings") or []:
-            print(f"compare: warning: {warning}", file=sys.stderr)
+    except OSError as err:
+        print(f"compare: error: cannot write {err.filename}: {err.strerror}", file=sys.stderr)
+        return 2
+    for w in warnings:
+        print(f"compare: warning: {w}", file=sys.stderr)
+    result["protocol_warnings"] = warnings
     if args.json:
         print(json.dumps(result, indent=2, allow_nan=False))
     else:
         print(format_table(result, entries))
+    if args.tolerance is not None:
+        failures = tolerance_failures(result, args.tolerance)
+        for f in failures:
+            print(f"compare: below tolerance: {f}", file=sys.stderr)
+        if failures:
+            return 1
     return 0
 
 

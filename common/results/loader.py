@@ -18,6 +18,10 @@ File layout (every key is validated; an unknown or missing key is an error namin
         per_class_key: per_class_ap          # with per_class: the metrics.json list to compare
         per_class: {Gun: 0.972, ...}         # optional: class name -> value
         show_by_default: true      # optional: false hides the entry unless --entry/--all
+        split: charm_notebook      # optional, machine-readable protocol fields that `compare` checks
+        split_desc: "..."          #   against the run's metrics.json `protocol` dict (or its top
+        backbone: efficientnetv2_s #   level); a mismatch is a printed warning. split_desc is the
+        input_size: 224            #   human wording of `split` used in that warning.
 """
 
 from __future__ import annotations
@@ -38,7 +42,10 @@ _FILE_REQUIRED = {"paper", "title", "run_scale", "entries"}
 _ENTRY_KEYS = {
     "name", "metric", "value", "scale", "published", "dataset", "protocol", "source", "source_type",
     "caveat", "note", "per_class_key", "per_class", "show_by_default",
+    "split", "split_desc", "backbone", "input_size",
 }
+#: registry fields compared with what a run recorded (metrics.json ``protocol`` dict or top level)
+PROTOCOL_KEYS = ("split", "backbone", "input_size")
 _ENTRY_REQUIRED = {"name", "metric", "value", "scale", "dataset", "protocol", "source", "source_type", "caveat"}
 
 
@@ -64,6 +71,14 @@ class PublishedEntry:
     per_class_key: str | None = None
     per_class: dict[str, float] | None = None
     show_by_default: bool = True
+    split: str | None = None
+    split_desc: str | None = None
+    backbone: str | None = None
+    input_size: int | None = None
+
+    def protocol_fields(self) -> dict[str, str | int]:
+        """The machine-readable protocol fields this entry sets (``split``, ``backbone``, ``input_size``)."""
+        return {k: getattr(self, k) for k in PROTOCOL_KEYS if getattr(self, k) is not None}
 
 
 @dataclass(frozen=True)
@@ -169,6 +184,11 @@ def _parse_entry(raw: object, where: str) -> PublishedEntry:
     show = raw.get("show_by_default", True)
     if not isinstance(show, bool):
         raise ResultsError(f"{where}: show_by_default must be true or false, got {show!r}")
+    input_size = raw.get("input_size")
+    if input_size is not None and (not isinstance(input_size, int) or isinstance(input_size, bool) or input_size <= 0):
+        raise ResultsError(f"{where}: input_size must be a positive integer, got {input_size!r}")
+    if raw.get("split_desc") is not None and raw.get("split") is None:
+        raise ResultsError(f"{where}: split_desc given without split")
     return PublishedEntry(
         name=_text(raw, "name", where),
         metric=_text(raw, "metric", where),
@@ -184,6 +204,10 @@ def _parse_entry(raw: object, where: str) -> PublishedEntry:
         per_class_key=_text(raw, "per_class_key", where, optional=True),
         per_class=per_class,
         show_by_default=show,
+        split=_text(raw, "split", where, optional=True),
+        split_desc=_text(raw, "split_desc", where, optional=True),
+        backbone=_text(raw, "backbone", where, optional=True),
+        input_size=input_size,
     )
 
 

@@ -266,3 +266,98 @@ def test_compare_uses_the_runs_dataset_and_ema_selection(tmp_path, capsys):
     (row,) = json.loads(capsys.readouterr().out)["rows"]
     assert row["run_key"] == "mAP_ema" and row["run"] == 0.8
     assert row["delta"] == pytest.approx(0.8 - 0.9334)
+
+
+# ----------------------------------------------------------------------------- several runs, files, gate, protocol
+
+
+def test_every_registry_entry_has_a_source_and_quotes_its_published_value():
+    for paper in PAPERS:
+        for e in load_paper(paper).entries:
+            assert e.source.strip(), f"{paper}:{e.name} has no source"
+            if e.value is not None:
+                assert e.published and e.published.strip(), f"{paper}:{e.name} has a value but no 'published' quote"
+
+
+def _runs(tmp_path: Path, values: list[float], **extra) -> list[str]:
+    dirs = []
+    for i, v in enumerate(values):
+        run = tmp_path / f"seed{i}"
+        run.mkdir()
+        (run / "metrics.json").write_text(json.dumps({"monitor": "mAP", "best": {"mAP": v}, "final": {"mAP": v},
+                                                      **extra}))
+        dirs.append(str(run))
+    return dirs
+
+
+def test_compare_three_runs_mean_std_n_and_files(tmp_path, capsys):
+    runs = _runs(tmp_path, [0.90, 0.92, 0.94])
+    md, csv_file = tmp_path / "out" / "cmp.md", tmp_path / "out" / "cmp.csv"
+    assert main([*runs, "--paper", "dvxray", "--entry", "mcbu", "--markdown", str(md), "--csv", str(csv_file)]) == 0
+    text = capsys.readouterr().out
+    row = next(line for line in text.splitlines() if line.startswith("mcbu "))
+    assert "0.9200 ± 0.0200 (n=3)" in row and "0.9334" in row and "-0.0134" in row
+    assert "3 runs, mean ± std (n)" in text
+    lines = md.read_text().splitlines()
+    assert lines[2] == "| entry | metric | run | published | delta | source |"
+    assert lines[4].startswith("| mcbu | mAP | 0.9200 ± 0.0200 (n=3) | 0.9334 | -0.0134 | ")
+    import csv as csv_mod
+    (got,) = list(csv_mod.DictReader(csv_file.open()))
+    assert float(got["run"]) == pytest.approx(0.92) and float(got["std"]) == pytest.approx(0.02)
+    assert got["n"] == "3" and float(got["delta"]) == pytest.approx(0.92 - 0.9334)
+    assert float(got["published"]) == pytest.approx(0.9334)
+    assert main([*runs, "--paper", "dvxray", "--entry", "mcbu", "--json"]) == 0
+    (jrow,) = json.loads(capsys.readouterr().out)["rows"]
+    assert jrow["values"] == [0.90, 0.92, 0.94] and jrow["n"] == 3
+
+
+def test_compare_single_run_csv_has_n_1(tmp_path):
+    (run,) = _runs(tmp_path, [0.9])
+    out = tmp_path / "one.csv"
+    assert main([run, "--paper", "dvxray", "--entry", "mcbu", "--csv", str(out)]) == 0
+    import csv as csv_mod
+    (got,) = list(csv_mod.DictReader(out.open()))
+    assert got["n"] == "1" and float(got["std"]) == 0.0 and float(got["run"]) == pytest.approx(0.9)
+
+
+def test_compare_tolerance_gate_exit_code(tmp_path, capsys):
+    runs = _runs(tmp_path, [0.90, 0.92, 0.94])  # mean 0.92, 0.0134 below 0.9334
+    assert main([*runs, "--paper", "dvxray", "--entry", "mcbu", "--tolerance", "0.02"]) == 0
+    assert main([*runs, "--paper", "dvxray", "--entry", "mcbu", "--tolerance", "0.01"]) == 1
+    err = capsys.readouterr().err
+    assert "compare: below tolerance: mcbu mAP: run 0.9200 is 0.0134 below published 0.9334 (tolerance 0.01)" in err
+    # unpublished entries and runs above the published value never fail the gate
+    assert main([*runs, "--paper", "dvxray", "--entry", "ahcr_tifs2024", "--tolerance", "0"]) == 0
+    (tmp_path / "high").mkdir()
+    (high,) = _runs(tmp_path / "high", [0.99])
+    assert main([high, "--paper", "dvxray", "--entry", "mcbu", "--tolerance", "0"]) == 0
+
+
+def test_compare_protocol_split_mismatch_is_a_warning(tmp_path, capsys):
+    protocol = {"split": "official", "test_images": 80, "warnings": ["the run's own note"]}
+    (run,) = _runs(tmp_path, [0.8], protocol=protocol)
+    data = json.loads(Path(run, "metrics.json").read_text())
+    data["best"] = data["final"] = {"auc": 0.8}
+    Path(run, "metrics.json").write_text(json.dumps(data))
+    assert main([run, "--paper", "charm_xray", "--entry", "charm_best", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert ("compare: warning: charm_best 0.8752 was measured on the notebook split's 12.5 % subset; "
+            "this run used the official split") in captured.err
+    assert "compare: warning: the run's own note" in captured.err
+    assert len(json.loads(captured.out)["protocol_warnings"]) == 2
+    data["protocol"] = {"split": "charm_notebook"}
+    Path(run, "metrics.json").write_text(json.dumps(data))
+    assert main([run, "--paper", "charm_xray", "--entry", "charm_best"]) == 0
+    assert "warning" not in capsys.readouterr().err  # same split: nothing to warn about
+
+
+def test_registry_protocol_fields_are_validated(tmp_path):
+    folder = _write_registry(tmp_path, _GOOD.replace("caveat: c", "caveat: c\n    split: official\n    input_size: 224"))
+    e = load_paper("toy", folder).entry("e1")
+    assert e.protocol_fields() == {"split": "official", "input_size": 224}
+    folder = _write_registry(tmp_path / "b", _GOOD.replace("caveat: c", "caveat: c\n    input_size: big"))
+    with pytest.raises(ResultsError, match=r"entries\[0\] \(e1\): input_size must be a positive integer"):
+        load_paper("toy", folder)
+    folder = _write_registry(tmp_path / "c", _GOOD.replace("caveat: c", "caveat: c\n    split_desc: x"))
+    with pytest.raises(ResultsError, match="split_desc given without split"):
+        load_paper("toy", folder)
