@@ -1,0 +1,266 @@
+"""Pictures of a finished run, written as PNGs beside it (headless matplotlib, Agg backend).
+
+Usage::
+
+    python -m common.plots RUN_DIR [--paper P] [--no_overlays]
+
+* ``curves_<log>.png``: one per CSV log of the run (``training_log.csv`` / ``log.csv`` in RUN_DIR and
+  in its stage sub-folders, e.g. charm_xray's ``phase1/log.csv``): panels for the losses, the
+  validation metric(s) and the learning rate against the epoch.
+* ``per_class_<key>.png``: the run's per-class AP/AUC (``metrics.json`` ``best.per_class_*``) as
+  bars beside the published per-class numbers of the paper's registry entry, when it has them.
+* Attention / evidence overlays: ``<paper>/plots.py`` may define
+  ``overlays(run_dir: Path, *, n_images: int) -> list[Path]``; it is looked up by paper name in
+  :data:`OVERLAYS` and imported only when called (common never imports a paper at import time).
+
+The paper is taken from ``--paper``, else from metrics.json ``paper``, else from the first folder
+name on the run's path that is a registry paper. Errors are one line on stderr, exit status 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import math
+import sys
+from argparse import ArgumentParser
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from common.results import ResultsError, available_papers, convert_scale, load_paper  # noqa: E402
+
+LOG_NAMES = ("training_log.csv", "log.csv")
+#: paper name -> "module:function" drawing its attention overlays (imported lazily by name)
+OVERLAYS: dict[str, str] = {
+    "charm_xray": "charm_xray.plots:overlays",
+    "dvxray": "dvxray.plots:overlays",
+    "cxrlt": "cxrlt.plots:overlays",
+    "dcal": "dcal.plots:overlays",
+    "xmnet": "xmnet.plots:overlays",
+}
+_SKIP = ("time", "remaining", "completion", "epoch", "step", "grad_var")
+
+
+class PlotError(ValueError):
+    """Bad input to the plotter (missing run folder, unreadable log, ...); one-line message."""
+
+
+def find_logs(run_dir: str | Path) -> list[Path]:
+    """CSV logs of a run: ``training_log.csv`` / ``log.csv`` in RUN_DIR and one level of sub-folders."""
+    run = Path(run_dir)
+    found = [run / n for n in LOG_NAMES if (run / n).is_file()]
+    found += sorted(p for n in LOG_NAMES for p in run.glob(f"*/{n}"))
+    return found
+
+
+def read_log(path: str | Path) -> dict[str, list[float]]:
+    """Numeric columns of a CSV log (non-numeric cells become NaN; all-text columns are dropped)."""
+    try:
+        with Path(path).open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as err:
+        raise PlotError(f"{path}: cannot read ({err.strerror})") from None
+    cols: dict[str, list[float]] = {}
+    for name in (rows[0].keys() if rows else ()):
+        vals = []
+        for r in rows:
+            try:
+                vals.append(float(r.get(name) or "nan"))
+            except ValueError:
+                vals.append(math.nan)
+        if any(not math.isnan(v) for v in vals):
+            cols[name] = vals
+    return cols
+
+
+def _groups(cols: dict[str, list[float]]) -> dict[str, list[str]]:
+    names = [c for c in cols if not any(s in c.lower() for s in _SKIP) or c.lower() == "val_metric"]
+    lr = [c for c in names if c.lower() == "lr" or c.lower().endswith("_lr") or c.lower().startswith("lr")]
+    loss = [c for c in names if c not in lr and ("loss" in c.lower() or c.lower().endswith("_ce"))]
+    val = [c for c in names if c not in lr and c not in loss and (c.startswith("val") or c.startswith("test")
+                                                                  or c in ("best_metric",))]
+    return {"loss": loss, "validation metric": val, "learning rate": lr}
+
+
+def plot_curves(log: str | Path, out: str | Path, *, title: str) -> Path | None:
+    """Draw losses / validation metrics / learning rate of one CSV log against the epoch.
+
+    Args:
+        log: the CSV file.
+        out: PNG path to write.
+        title: figure title.
+
+    Returns:
+        ``out``, or None when the log has no rows or no column to plot.
+    """
+    cols = read_log(log)
+    groups = {k: v for k, v in _groups(cols).items() if v}
+    if not groups:
+        return None
+    n = len(next(iter(cols.values())))
+    x = cols.get("epoch", list(range(n)))
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
+    for ax, (what, names) in zip(axes[0], groups.items()):
+        for c in names:
+            ax.plot(x, cols[c], marker="o", ms=3, label=c)
+        ax.set_title(what)
+        ax.set_xlabel("epoch" if "epoch" in cols else "row")
+        ax.set_ylabel(what)
+        if what == "learning rate" and all(v > 0 for c in names for v in cols[c] if not math.isnan(v)):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return Path(out)
+
+
+def _norm(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def plot_per_class(metrics: dict[str, Any], paper: str, out_dir: str | Path, *, title: str,
+                   results_dir: str | Path | None = None) -> list[Path]:
+    """Bar chart of the run's per-class values beside the registry's published per-class numbers.
+
+    Args:
+        metrics: parsed metrics.json (``best`` or ``final`` section with ``per_class_*`` lists,
+            ``class_names`` at the top level or from the registry's ``class_order``).
+        paper: registry name.
+        out_dir: folder for ``per_class_<key>.png``.
+        title: figure title prefix.
+        results_dir: registry folder (tests).
+
+    Returns:
+        The PNGs written (none when the run has no per-class list).
+    """
+    reg = load_paper(paper, results_dir)
+    section = metrics.get("best") or metrics.get("final") or {}
+    names = metrics.get("class_names") or (list(reg.class_order) if reg.class_order else None)
+    written = []
+    for key, values in section.items():
+        if not key.startswith("per_class_") or not isinstance(values, list) or names is None or len(values) != len(names):
+            continue
+        entry = next((e for e in reg.entries if e.per_class and e.per_class_key == key and e.show_by_default), None)
+        entry = entry or next((e for e in reg.entries if e.per_class and e.per_class_key == key), None)
+        pub = {}
+        if entry is not None:
+            pub = {_norm(c): convert_scale(v, entry.scale, reg.run_scale) for c, v in entry.per_class.items()}
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(names) + 2), 4.2))
+        xs = range(len(names))
+        w = 0.4 if pub else 0.8
+        ax.bar([i - (w / 2 if pub else 0) for i in xs], [v if v is not None else math.nan for v in values], w,
+               label="this run")
+        if pub:
+            ax.bar([i + w / 2 for i in xs], [pub.get(_norm(c), math.nan) for c in names], w,
+                   label=f"published: {entry.name}", alpha=0.8)
+        metric = key.removeprefix("per_class_").upper()
+        ax.set_xticks(list(xs), names, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel(f"{metric} ({reg.run_scale})")
+        ax.set_xlabel("class (no bar: undefined on this run, e.g. one label value only)")
+        ax.set_title(f"{title}: per-class {metric}" + ("" if pub else " (no published per-class numbers)"))
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        out = Path(out_dir) / f"{key}.png"
+        fig.savefig(out, dpi=90)
+        plt.close(fig)
+        written.append(out)
+    return written
+
+
+def overlay_function(paper: str) -> Callable[..., list[Path]] | None:
+    """The paper's overlay function from :data:`OVERLAYS`, imported now; None if it has none yet."""
+    spec = OVERLAYS.get(paper)
+    if spec is None:
+        return None
+    module, func = spec.split(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name == module:
+            return None
+        raise
+    return getattr(mod, func, None)
+
+
+def _guess_paper(run: Path, metrics: dict[str, Any]) -> str | None:
+    papers = available_papers()
+    if isinstance(metrics.get("paper"), str) and metrics["paper"] in papers:
+        return metrics["paper"]
+    for part in run.resolve().parts:
+        if part in papers:
+            return part
+    return None
+
+
+def plot_run(run_dir: str | Path, *, paper: str | None = None, overlays: bool = True, n_images: int = 4,
+             results_dir: str | Path | None = None) -> list[Path]:
+    """Write all pictures of a run beside it.
+
+    Args:
+        run_dir: the run folder.
+        paper: registry / paper name (default: guessed, see the module docstring).
+        overlays: also draw the paper's attention overlays (needs its checkpoint and data).
+        n_images: validation images per overlay figure.
+        results_dir: registry folder (tests).
+
+    Returns:
+        The PNG paths written.
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise PlotError(f"run folder not found: {run}")
+    metrics: dict[str, Any] = {}
+    if (run / "metrics.json").is_file():
+        try:
+            metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise PlotError(f"{run / 'metrics.json'}:{err.lineno}: invalid JSON ({err.msg})") from None
+    paper = paper or _guess_paper(run, metrics)
+    title = f"{paper or 'run'} {run.name}"
+    written: list[Path] = []
+    for log in find_logs(run):
+        stem = log.stem if log.parent == run else f"{log.parent.name}_{log.stem}"
+        out = plot_curves(log, run / f"curves_{stem}.png", title=f"{title}: {log.relative_to(run)}")
+        if out is not None:
+            written.append(out)
+    if paper is not None and metrics:
+        written += plot_per_class(metrics, paper, run, title=title, results_dir=results_dir)
+    if overlays and paper is not None:
+        func = overlay_function(paper)
+        if func is not None:
+            written += func(run, n_images=n_images)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; prints one PNG path per line; returns 0, or 2 on bad input."""
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", metavar="RUN_DIR", nargs="+", help="run folder(s) (with metrics.json / CSV logs)")
+    parser.add_argument("--paper", default=None, help="paper name (default: guessed from metrics.json or the path)")
+    parser.add_argument("--no_overlays", action="store_true", help="skip the attention overlays (default: drawn)")
+    parser.add_argument("--n_images", type=int, default=4, help="validation images per overlay (default: 4)")
+    args = parser.parse_args(argv)
+    try:
+        for run in args.run_dir:
+            for path in plot_run(run, paper=args.paper, overlays=not args.no_overlays, n_images=args.n_images):
+                print(path)
+    except (PlotError, ResultsError) as err:
+        print(f"plots: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""`python -m common.plots`: training curves, per-class bars against the registry, paper overlays."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.plots import OVERLAYS, _groups, find_logs, main, overlay_function, plot_run, read_log
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _png(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 2000 and path.read_bytes()[:8] == PNG
+
+
+def _write_csv(path: Path, header: str, rows: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+
+
+def test_columns_are_grouped_into_loss_metric_and_lr(tmp_path):
+    log = tmp_path / "log.csv"
+    _write_csv(log, "epoch,train_loss,train_ce,train_lr,val_loss,val_auc,epoch_time,completion_time",
+               ["0,1.0,0.9,0.01,1.1,0.5,3.0,2026-01-01", "1,0.5,0.4,0.001,0.6,0.7,3.1,2026-01-01"])
+    cols = read_log(log)
+    assert "completion_time" not in cols and cols["val_auc"] == [0.5, 0.7]
+    assert _groups(cols) == {"loss": ["train_loss", "train_ce", "val_loss"], "validation metric": ["val_auc"],
+                             "learning rate": ["train_lr"]}
+
+
+def test_dvxray_style_run_curves_and_per_class_bars(tmp_path, capsys):
+    run = tmp_path / "dvxray" / "CoordAttU_MCBConvex"
+    _write_csv(run / "training_log.csv", "epoch,train_loss,val_metric,best_metric,epoch_time,lr",
+               [f"{e},{1 / (e + 1):.3f},{0.3 + 0.05 * e:.3f},{0.3 + 0.05 * e:.3f},2.0,{1e-3 / (e + 1):g}"
+                for e in range(4)])
+    (run / "metrics.json").write_text(json.dumps({"monitor": "mAP", "best": {"mAP": 0.5, "per_class_ap": [0.5] * 15}}))
+    assert main([str(run), "--no_overlays"]) == 0  # paper guessed from the path
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(run / "curves_training_log.png"), str(run / "per_class_ap.png")]
+    assert all(_png(Path(p)) for p in printed)
+
+
+def test_stage_logs_each_get_a_figure_and_missing_run_is_an_error(tmp_path, capsys):
+    run = tmp_path / "runs" / "experiment"
+    for stage in ("phase1", "phase2"):
+        _write_csv(run / stage / "log.csv", "epoch,train_loss,train_lr,val_auc", ["0,0.7,1e-4,0.5", "1,0.6,5e-5,0.6"])
+    assert find_logs(run) == [run / "phase1" / "log.csv", run / "phase2" / "log.csv"]
+    written = plot_run(run, paper="charm_xray", overlays=False)  # no metrics.json: curves only
+    assert written == [run / "curves_phase1_log.png", run / "curves_phase2_log.png"]
+    assert all(_png(p) for p in written)
+    assert main([str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip() == f"plots: error: run folder not found: {tmp_path / 'nope'}"
+
+
+def test_per_class_without_published_numbers_still_plots(tmp_path):
+    run = tmp_path / "xmnet_run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"best": {"acc1": 0.5, "per_class_acc": [0.1, 0.9]},
+                                                  "class_names": ["a", "b"]}))
+    assert plot_run(run, paper="xmnet", overlays=False) == [run / "per_class_acc.png"]
+    assert _png(run / "per_class_acc.png")
+
+
+def test_common_plots_imports_no_paper_and_overlays_resolve_lazily():
+    code = "import sys, common.plots; print([p for p in ('dvxray','charm_xray','cxrlt','dcal','xmnet') if p in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    assert set(OVERLAYS) == {"dvxray", "charm_xray", "cxrlt", "dcal", "xmnet"}
+    assert callable(overlay_function("charm_xray"))
+    assert overlay_function("toy") is None
+
+
+def test_charm_xray_attention_overlay_from_a_tiny_model(tmp_path):
+    from charm_xray.models import build_model
+    from charm_xray.plots import draw_attention
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 14, bank_size=8).eval()
+    out = draw_attention(model, torch.randn(2, 3, 32, 32), tmp_path / "attention_overlays.png", names=["a", "b"])
+    assert _png(out)
+
+
+@pytest.mark.parametrize("paper", ["charm_xray"])
+def test_overlays_skip_cleanly_without_checkpoint(tmp_path, paper, capsys):
+    run = tmp_path / "runs" / "exp"
+    run.mkdir(parents=True)
+    assert overlay_function(paper)(run, n_images=2) == []
+    assert "overlays skipped" in capsys.readouterr().err
