@@ -361,3 +361,22 @@ def test_registry_protocol_fields_are_validated(tmp_path):
     folder = _write_registry(tmp_path / "c", _GOOD.replace("caveat: c", "caveat: c\n    split_desc: x"))
     with pytest.raises(ResultsError, match="split_desc given without split"):
         load_paper("toy", folder)
+
+
+def test_demo_summary_table_lists_status_time_metrics_delta_and_pictures(tmp_path, capsys):
+    from common.demo_table import main as table_main
+
+    run = _run_dir(tmp_path, {"mAP": 0.9}, dataset="dvxray")
+    (run / "curves_training_log.png").write_bytes(b"png")
+    status = tmp_path / "status.tsv"
+    status.write_text(f"dvxray\tpassed\t90\tbash dvxray/demo.sh\t{run}\ndcal\tFAILED\t30\tbash dcal/demo.sh\t"
+                      f"{tmp_path / 'missing'}\nxmnet\tskipped\t0\tnot built\t\n")
+    assert table_main(["--summary", str(status)]) == 0
+    text = capsys.readouterr().out
+    assert "synthetic demo data and tiny models" in text
+    assert "dvxray      passed    1.5 min  bash dvxray/demo.sh" in text
+    assert "final:     mAP=0.5000" in text and "published: mcbu mAP 0.9334 (delta -0.4334)" in text
+    assert f"pictures:  {run / 'curves_training_log.png'}" in text
+    assert "dcal        FAILED    0.5 min" in text and "no metrics.json" in text
+    assert "scale:     synthetic DvXray pairs (320)" in text
+    assert table_main(["--summary", str(tmp_path / "nope.tsv")]) == 2
