@@ -60,7 +60,7 @@ def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [
         f"Machine: {m['cpu_model']} ({m['logical_cpus']} logical CPUs), {m['torch_threads']} torch threads, "
-        f"native bf16: {'yes' if m['native_bf16'] else 'no'}, torch {m['torch_version']}, device {m['device']}"
+        f"native bf16: {'yes' if m['native_bf16'] else 'no'} (flags: {', '.join(m['cpu_vendor_flags']) or 'none'}), torch {m['torch_version']}, device {m['device']}"
         + (f" ({m['gpu']})" if m.get("gpu") else "") + f"; {result['mode']} mode, {result['date']}.",
         f"Other processes' CPU use during the run: {result['load']['others_cores_mean']:.2f} cores on average "
         f"(max section {result['load']['others_cores_max']:.2f})"
@@ -79,6 +79,10 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {r['section']} | {r['name']} | {fmt(r['median_s'] and r['median_s'] * 1e3, '.1f')} | "
                      f"{spread} | {r['reps']} | {fmt(r['items_per_s'], '.2f')} | {fmt(r['gflops_per_s'], '.1f')} | "
                      f"{fmt(r['pct_peak'], '.0f')} | {vs} | {other} | {r['note']} |")
+    lines.append("")
+    per = result["load"]["per_section"]
+    lines.append("Section wall time and the other processes' CPU use (cores): " + "; ".join(
+        f"{k} {v['wall_s']:.0f} s / {v['others_cores']:.2f}" for k, v in per.items() if v) + ".")
     lines.append("")
     for sec, notes in result["notes"].items():
         for n in notes:
