@@ -136,3 +136,30 @@ class OneCycleSchedule:
     def lr_for(self, update: int, group: dict) -> float:
         # discriminative learning rates: a group may carry its own peak (fastai's slice(a, b))
         return _scaled(self.value(update, group.get("lr_max")), group)
+
+
+class EpochCosineSchedule:
+    """torch's ``CosineAnnealingLR(T_max=t_max, eta_min=min_lr)`` stepped once per epoch, as a pure
+    function of the update count.
+
+    The learning rate is constant within an epoch and follows the closed form
+    ``lr(e) = min_lr + (base_lr - min_lr) * (1 + cos(pi * e / t_max)) / 2`` for the epoch
+    ``e = update // updates_per_epoch`` (epoch 0 uses ``base_lr``). With ``t_max`` = the number of
+    epochs, the last epoch runs at ``lr(t_max - 1)`` (the original recipes of xmnet, SGD + cosine).
+    Unlike ``WarmupCosineSchedule`` (per update), the value only changes at epoch boundaries.
+    """
+
+    def __init__(self, base_lr: float, t_max: int, updates_per_epoch: int, min_lr: float = 0.0):
+        if t_max <= 0:
+            raise ValueError(f"t_max must be positive, got {t_max}")
+        self.base_lr = base_lr
+        self.t_max = t_max
+        self.per_epoch = max(1, updates_per_epoch)
+        self.min_lr = min_lr
+
+    def value(self, update: int) -> float:
+        epoch = update // self.per_epoch
+        return self.min_lr + (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * epoch / self.t_max)) / 2
+
+    def lr_for(self, update: int, group: dict) -> float:
+        return _scaled(self.value(update), group)

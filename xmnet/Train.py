@@ -5,11 +5,10 @@ One script for both generations of the original: the flags of HEAD 3563a4e (``--
 ``--manet``, ``--fsds``, ``--att_from``, ``--local_train``) are all accepted, so both README commands run
 as written. Unknown flags are an error (the original's ``parse_known_args`` silently dropped them).
 
-Pipeline: classification and/or segmentation training through ``common.engine.fit`` (SGD momentum
-0.9, weight decay 5e-4, cosine over ``--max_epoch`` stepped per epoch), selection of the checkpoint
-by the lowest training CE (the original) or on a validation part (``--select_on val``), the test
-evaluation, then the XGBoost + Optuna stage on the attention-modulated pooled features, the original's
-result files, predicted-mask overlays and ``metrics.json``.
+This file holds only the flags (``get_args_parser``, ``parse_args``, ``check_args``); ``main(args)``
+delegates to ``xmnet.engine_xmnet.main``, which holds the pipeline: training through
+``common.engine.fit``, checkpoint selection, test evaluation, the XGBoost + Optuna stage, the
+original's result files, predicted-mask overlays and ``metrics.json``.
 
 Run as ``python xmnet/Train.py ...`` from anywhere, or ``python Train.py ...`` inside ``xmnet/``.
 """
@@ -19,40 +18,18 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import shutil
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from common.cli import run_main
-from common.dist import DistContext, init_distributed
-from common.engine import FitConfig, Task, build_loader, collect_outputs, fit, updates_per_epoch
-from common.run import RunDir
-from xmnet.backboneModels import BACKBONES, XMNetModel, load_pretrained
-from xmnet.leafvein2 import DATASETS, LeafVeinDataset, split_indices, subset_fraction
-from xmnet.unet3 import segmentation_loss
-from xmnet.utils import (
-    MASK_GUIDANCE_WEIGHT,
-    append_all_results,
-    get_folder_path,
-    iou_dice,
-    mask_guided_mse,
-    save_overlay,
-    seg_target,
-    timestamp_name,
-    write_model_accuracies,
-)
-from xmnet.xgb_stage import FeatureSet, run_study
+from xmnet import engine_xmnet
+from xmnet.backboneModels import BACKBONES
+from xmnet.engine_xmnet import attention_of
+from xmnet.leafvein2 import DATASETS
 
 _logger = logging.getLogger(__name__)
 
@@ -159,10 +136,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def attention_of(args: argparse.Namespace) -> str:
-    return "xmnet" if args.xmnet else "mmanet" if args.mmanet else "none"
-
-
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.xmnet and args.mmanet:
         parser.error("--xmnet and --mmanet/--manet are exclusive (one attention type)")
@@ -193,369 +166,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
                         "--output_dir", args.local_train)
 
 
-def resolved_lr(args: argparse.Namespace) -> float:
-    if args.lr is not None:
-        return args.lr
-    return 0.02 if args.model_path and not args.unet else 0.05
-
-
-def resolved_batch_size(args: argparse.Namespace) -> int:
-    if args.batch_size is not None:
-        return args.batch_size
-    return 8 if args.model_path else 32
-
-
-def run_name(args: argparse.Namespace) -> str:
-    return get_folder_path(attention=attention_of(args), maskguided=args.maskguided, cls_included=args.cls_included,
-                           seg_included=args.seg_included, unet=args.unet)
-
-
-class EpochCosineSchedule:
-    """torch's CosineAnnealingLR(T_max = max_epoch) stepped once per epoch, as a function of the update
-    count: lr(e) = base * (1 + cos(pi * e / T_max)) / 2 for epoch e = update // updates_per_epoch."""
-
-    def __init__(self, base_lr: float, t_max: int, updates_per_epoch: int):
-        self.base_lr, self.t_max, self.per_epoch = base_lr, t_max, max(1, updates_per_epoch)
-
-    def value(self, update: int) -> float:
-        epoch = update // self.per_epoch
-        return self.base_lr * (1 + math.cos(math.pi * epoch / self.t_max)) / 2
-
-    def lr_for(self, update: int, group: dict) -> float:
-        return self.value(update) * group.get("lr_scale", 1.0)
-
-
-class XMNetTask(Task):
-    """Training step: total = 1[seg] L_seg + 1[cls] CE + 1[maskguided] 0.1 MSE (xmnet.md §7).
-
-    The training CE (and IoU) of the epoch are accumulated on the device so that the selection metric
-    of the original (lowest training CE / highest training IoU) can be reported by the metric function.
-    """
-
-    def __init__(self, model: XMNetModel, *, cls_included: bool, seg_included: bool, maskguided: bool, fsds: bool,
-                 seg_size: int, seg_target_mode: str, freeze_features_bn: bool, dataparallel: bool = False):
-        super().__init__(model)
-        self.cls_included, self.seg_included, self.maskguided = cls_included, seg_included, maskguided
-        self.fsds, self.seg_size, self.seg_target_mode = fsds, seg_size, seg_target_mode
-        self.freeze_features_bn = freeze_features_bn
-        self._dp = None
-        if dataparallel:
-            # held outside the module tree so checkpoint keys keep no 'module.' prefix
-            object.__setattr__(self, "_dp", nn.DataParallel(model))
-        self.reset_epoch_sums()
-
-    def reset_epoch_sums(self) -> None:
-        self._sums: dict[str, torch.Tensor | float] = {"ce": 0.0, "iou": 0.0, "n": 0.0}
-
-    def train(self, mode: bool = True) -> XMNetTask:
-        super().train(mode)
-        if mode and self.freeze_features_bn:
-            self.model.eval_frozen_features()
-        return self
-
-    def _net(self, x: torch.Tensor) -> dict:
-        return self._dp(x) if self._dp is not None else self.model(x)
-
-    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
-        img, label, mask = batch
-        out = self._net(img)
-        logits = out["out"]
-        ce = F.cross_entropy(logits.float(), label)
-        loss = logits.new_zeros((), dtype=torch.float32)
-        result: dict[str, torch.Tensor] = {"ce": ce.detach()}
-        n = img.shape[0]
-        if self.cls_included:
-            loss = loss + ce
-            result["acc1"] = (logits.argmax(1) == label).float().mean()
-        if self.maskguided:
-            mse = mask_guided_mse(out["att"], mask, self.seg_size)
-            loss = loss + MASK_GUIDANCE_WEIGHT * mse
-            result["mse"] = mse.detach()
-        if self.seg_included:
-            target = seg_target(mask, self.seg_target_mode)
-            seg = [s.float() for s in out["seg"]]
-            sl = segmentation_loss(seg, target, fsds=self.fsds)
-            loss = loss + sl
-            iou, _ = iou_dice(seg[0].detach(), target)
-            result["seg_loss"] = sl.detach()
-            result["iou"] = iou.mean().float()
-            self._sums["iou"] = self._sums["iou"] + iou.sum()
-        self._sums["ce"] = self._sums["ce"] + ce.detach().double() * n
-        self._sums["n"] = self._sums["n"] + n
-        result["loss"] = loss
-        return result
-
-    def epoch_train_means(self, ctx: DistContext) -> dict[str, float]:
-        t = torch.tensor([float(self._sums["ce"]), float(self._sums["iou"]), float(self._sums["n"])],
-                         dtype=torch.float64, device=ctx.device if ctx.device.type == "cuda" else "cpu")
-        if ctx.distributed:
-            torch.distributed.all_reduce(t)
-        n = max(t[2].item(), 1.0)
-        return {"ce": t[0].item() / n, "iou": t[1].item() / n}
-
-    def predict(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
-        img, label, mask = batch
-        out = model(img)
-        pred = {"logits": out["out"].float(), "target": label}
-        if self.seg_included:
-            iou, dice = iou_dice(out["seg"][0], seg_target(mask, self.seg_target_mode))
-            pred["iou"], pred["dice"] = iou.float(), dice.float()
-        return pred
-
-
-class EpochHooks:
-    """Callback: sets the datasets' augmentation epoch and resets the task's per-epoch sums."""
-
-    def __init__(self, task: XMNetTask, datasets: list[LeafVeinDataset]):
-        self.task, self.datasets = task, datasets
-
-    def on_epoch_start(self, state: Any) -> None:
-        self.task.reset_epoch_sums()
-        for d in self.datasets:
-            d.set_epoch(state.epoch)
-
-
-def make_metric_fn(task: XMNetTask, ctx: DistContext, *, with_train_sel: bool = True):
-    def metric_fn(outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
-        m: dict[str, Any] = {}
-        if task.cls_included or not task.seg_included:
-            m["acc1"] = (outputs["logits"].argmax(1) == outputs["target"]).float().mean().item()
-        if "iou" in outputs:
-            m["iou"], m["dice"] = outputs["iou"].mean().item(), outputs["dice"].mean().item()
-        if with_train_sel:
-            means = task.epoch_train_means(ctx)
-            m["sel_train_ce"] = means["ce"]
-            if task.seg_included:
-                m["sel_train_iou"] = means["iou"]
-        return m
-
-    return metric_fn
-
-
-def load_model_path(model: XMNetModel, path: str) -> None:
-    """``--model_path``: load a checkpoint's 'net' (the original's) or 'model' entry; the segmentation
-    head may be absent (a classification checkpoint), every other key must match."""
-    ckpt = load_checkpoint(path)
-    sd = ckpt.get("net", ckpt.get("model", ckpt))
-    if not isinstance(sd, dict):
-        raise CheckpointError(f"--model_path {path}: no state dict under 'net' or 'model'")
-    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd and not k.startswith("seg_head.")]
-    unexpected = [k for k in sd if k not in own]
-    bad = [k for k in sd if k in own and sd[k].shape != own[k].shape]
-    if missing or unexpected or bad:
-        what = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
-                else f"shape mismatch {bad[:3]} (another --backbone_class or --num_classes?)")
-        raise CheckpointError(f"--model_path {path}: does not fit this model ({what}; check --backbone_class, "
-                              "--num_classes and --xmnet/--mmanet)")
-    model.load_state_dict({**own, **sd}, strict=True)
-    _logger.info("--model_path %s: loaded %d tensors", path, len(sd))
-
-
-@torch.inference_mode()
-def extract_features(model: XMNetModel, dataset: LeafVeinDataset, *, batch_size: int, ctx: DistContext,
-                     num_workers: int = 0) -> FeatureSet:
-    """Pooled attention-modulated features (width from the backbone) and labels of a dataset."""
-    loader = build_loader(dataset, batch_size, train=False, ctx=DistContext(device=ctx.device), num_workers=num_workers)
-    xs, ys = [], []
-    was = model.training
-    model.eval()
-    for img, label, _ in loader:
-        xs.append(model(img.to(ctx.device))["features"].float().cpu().numpy())
-        ys.append(label.numpy())
-    model.train(was)
-    return FeatureSet(np.concatenate(xs), np.concatenate(ys).astype(np.int64))
-
-
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    ctx = init_distributed(args.device)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    name = run_name(args)
-    out_dir = Path(args.output_dir or Path("output") / args.backbone_class / name)
-    run = RunDir(out_dir, args, ctx)
-    lr, batch_size = resolved_lr(args), resolved_batch_size(args)
-    _logger.info("run %s: lr %g, batch %d, output %s", name, lr, batch_size, out_dir)
-    root = Path(args.data_dir) / args.dataset
-    if not root.is_dir():
-        raise FileNotFoundError(f"--data_dir {args.data_dir}: dataset folder not found: {root} (expected labels.pkl, "
-                                "train/, test/, l2_mask/ inside)")
-
-    # ---- data: train (optionally a --transfer_to fraction; a carved validation part), test
-    full_train = LeafVeinDataset(root, "train", train=True, crop=args.crop_size, seed=args.seed)
-    test_set = LeafVeinDataset(root, "test", train=False, crop=args.crop_size)
-    labels = full_train.labels + test_set.labels
-    if max(labels) >= args.num_classes:
-        raise ValueError(f"{root / 'labels.pkl'}: label {max(labels) + 1} (1-based) exceeds --num_classes "
-                         f"{args.num_classes}")
-    train_idx = list(range(len(full_train)))
-    if args.transfer_to is not None:
-        train_idx = subset_fraction(len(train_idx), args.transfer_to, args.seed)
-        _logger.info("--transfer_to %g: training on %d of %d images", args.transfer_to, len(train_idx), len(full_train))
-    val_set = None
-    if args.select_on == "val":
-        keep, carved = split_indices([full_train.labels[i] for i in train_idx], args.val_fraction, args.seed)
-        if not carved:
-            raise ValueError(f"--select_on val: --val_fraction {args.val_fraction} leaves no validation image")
-        val_set = LeafVeinDataset(root, "train", train=False, crop=args.crop_size,
-                                  indices=[train_idx[i] for i in carved])
-        train_idx = [train_idx[i] for i in keep]
-    train_set = full_train if len(train_idx) == len(full_train) else LeafVeinDataset(
-        root, "train", train=True, crop=args.crop_size, indices=train_idx, seed=args.seed)
-    loader_train = build_loader(train_set, batch_size, train=True, ctx=ctx, num_workers=args.num_workers,
-                                seed=args.seed, drop_last=len(train_set) >= batch_size * ctx.world_size * 2)
-    eval_set = val_set if val_set is not None else test_set
-    loader_eval = build_loader(eval_set, batch_size, train=False, ctx=ctx, num_workers=args.num_workers)
-
-    # ---- model
-    model = XMNetModel(args.backbone_class, args.num_classes, attention=attention_of(args),
-                       segmentation=args.seg_included, unet=args.unet, att_from=args.att_from, fsds=args.fsds)
-    if args.pretrained_weights:
-        n = load_pretrained(model.features, args.backbone_class, args.pretrained_weights)
-        _logger.info("--pretrained_weights %s: %d tensors loaded", args.pretrained_weights, n)
-    elif not args.model_path:
-        _logger.warning("no --pretrained_weights: %s starts from random weights (the original uses ImageNet weights)",
-                        args.backbone_class)
-    if args.model_path:
-        load_model_path(model, args.model_path)
-    frozen = model.apply_freezing(freeze_all=args.freeze_all)
-    _logger.info("frozen children of features: %s%s", ", ".join(frozen) or "none",
-                 " + attention and classifier" if args.freeze_all else "")
-    dp = args.dataparallel and ctx.device.type == "cuda" and torch.cuda.device_count() > 1 and not ctx.distributed
-    if args.dataparallel and not dp:
-        _logger.info("--dataparallel: fewer than 2 visible GPUs (or torchrun): no DataParallel wrapping")
-    task = XMNetTask(model.to(ctx.device), cls_included=args.cls_included, seg_included=args.seg_included,
-                     maskguided=args.maskguided, fsds=args.fsds, seg_size=args.seg_size,
-                     seg_target_mode=args.seg_target, freeze_features_bn=args.freeze_all and not args.cls_included,
-                     dataparallel=dp)
-    params = [p for p in task.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("nothing to train: every parameter is frozen")
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
-    schedule = EpochCosineSchedule(lr, args.max_epoch, updates_per_epoch(loader_train))
-
-    if args.select_on == "val":
-        monitor, mode = ("acc1", "max") if args.cls_included else ("iou", "max")
-    else:
-        monitor, mode = ("sel_train_ce", "min") if args.cls_included else ("sel_train_iou", "max")
-    config = FitConfig(epochs=args.max_epoch, output_dir=out_dir, amp=args.amp, monitor=monitor, monitor_mode=mode,
-                       resume=args.resume or None, csv_name="log.csv", dataset=args.dataset)
-    summary = fit(task, optimizer, loader_train, config=config, ctx=ctx, run=run, schedule=schedule,
-                  data_loader_val=loader_eval, metric_fn=make_metric_fn(task, ctx),
-                  callbacks=[EpochHooks(task, [full_train, train_set])], args=args)
-
-    # ---- the selected checkpoint on the test split
-    best_ckpt = out_dir / "checkpoint_best.pth"
-    if best_ckpt.is_file():
-        model.load_state_dict(load_checkpoint(best_ckpt)["model"], strict=True)
-    loader_test = build_loader(test_set, batch_size, train=False, ctx=ctx, num_workers=args.num_workers)
-    outputs = collect_outputs(model, loader_test, predict_fn=task.predict, ctx=ctx)
-    test = make_metric_fn(task, ctx, with_train_sel=False)(outputs)
-    _logger.info("test (selected checkpoint, epoch %s): %s", summary.get("best_epoch"),
-                 " ".join(f"{k}={v:.4f}" for k, v in test.items()))
-
-    xgb_summary = None
-    run_xgb = args.xgb_stage if args.xgb_stage is not None else args.cls_included
-    if run_xgb and args.n_trials > 0 and ctx.is_primary:
-        xgb_summary = xgboost_stage(args, model, train_set, test_set, root, ctx, out_dir, name)
-
-    if ctx.is_primary:
-        if args.seg_included and args.save_masks != 0:
-            save_predicted_masks(model, test_set, out_dir / "predicted_masks", args.save_masks, ctx)
-        summary = finish_outputs(args, run, summary, test, xgb_summary, model, name, out_dir)
-    ctx.barrier()
-    return summary
-
-
-def xgboost_stage(args: argparse.Namespace, model: XMNetModel, train_set: LeafVeinDataset,
-                  test_set: LeafVeinDataset, root: Path, ctx: DistContext, out_dir: Path, name: str) -> dict:
-    kw = {"batch_size": args.xgb_batch_size, "ctx": ctx, "num_workers": args.num_workers}
-    # the non-augmented view of the network's training images
-    eval_view = train_set.with_augmentation(False)
-    train_feats = extract_features(model, eval_view, **kw)
-    test_feats = extract_features(model, test_set, **kw)
-    keep, carved = split_indices(train_feats.y.tolist(), args.xgb_val_fraction, args.seed)
-    val_feats = FeatureSet(train_feats.x[carved], train_feats.y[carved]) if carved else None
-    fit_feats = FeatureSet(train_feats.x[keep], train_feats.y[keep]) if args.xgb_eval_on == "val" else train_feats
-    if args.xgb_eval_on == "val" and val_feats is None:
-        raise ValueError(f"--xgb_val_fraction {args.xgb_val_fraction}: no validation features (too few images)")
-    num_class = int(max(train_feats.y.max(), test_feats.y.max())) + 1
-    train_source: Any = fit_feats
-    if args.xgb_reextract_train:
-        epoch = [0]
-        fit_idx = keep if args.xgb_eval_on == "val" else list(range(len(train_set)))
-
-        def train_source() -> FeatureSet:  # the original: augmented training features in every trial
-            epoch[0] += 1
-            train_set.set_epoch(10_000 + epoch[0])
-            f = extract_features(model, train_set, **kw)
-            return FeatureSet(f.x[fit_idx], f.y[fit_idx])
-    return run_study(train_source, test_feats, num_class=num_class, output_dir=out_dir, eval_on=args.xgb_eval_on,
-                     val=val_feats, n_trials=args.n_trials, n_estimators=args.xgb_n_estimators,
-                     storage=args.optuna_storage, study_name=args.optuna_study_name or f"xmnet_xgboost_{name}",
-                     n_jobs=args.optuna_n_jobs, seed=args.seed, nthread=args.xgb_nthread)
-
-
-@torch.inference_mode()
-def save_predicted_masks(model: XMNetModel, dataset: LeafVeinDataset, folder: Path, limit: int,
-                         ctx: DistContext) -> int:
-    """PNG overlays of the predicted test masks, named like the test images."""
-    model.eval()
-    n = len(dataset) if limit < 0 else min(limit, len(dataset))
-    for i in range(n):
-        img, _, _ = dataset[i]
-        logits = model(img[None].to(ctx.device))["seg"][0][0]
-        save_overlay(img, logits, folder / (Path(dataset.records[i].path).stem + ".png"))
-    return n
-
-
-def finish_outputs(args: argparse.Namespace, run: RunDir, summary: dict, test: dict, xgb: dict | None,
-                   model: XMNetModel, name: str, out_dir: Path) -> dict:
-    """The original's files (checkpoint/<name>_<ts>.pth, results/<backbone>/<name>/<ts>/model_accuracies.txt,
-    results/<backbone>/all_results_file.txt) and metrics.json (``best`` = the selected checkpoint on test)."""
-    stamp = timestamp_name(datetime.now())
-    ckpt_name = f"{name}-Segmentation-{stamp}.pth" if args.seg_included and not args.cls_included else f"{name}_{stamp}.pth"
-    ckpt_path = out_dir / "checkpoint" / ckpt_name
-    save_checkpoint(ckpt_path, {"net": model.state_dict(), "test_iou": test.get("iou"), "Test_acc": test.get("acc1"),
-                                "epoch": summary.get("best_epoch")})
-    shutil.copyfile(ckpt_path, out_dir / "best_model.pth")
-    best_eval = dict(summary.get("best") or {})
-    best = {**test}
-    if xgb is not None:
-        best["xgb_best_accuracy"] = xgb["best_accuracy"]
-        best["xgb_overall_best"] = xgb["overall_best"]
-    summary = {**summary, "best": best, "best_eval": best_eval,
-               "eval_split": "val (carved from train)" if args.select_on == "val" else "test",
-               "selected_on": args.select_on, "checkpoint": str(ckpt_path)}
-    if xgb is not None:
-        summary["xgboost"] = {k: xgb[k] for k in ("eval_on", "n_trials", "best_trial", "best_accuracy", "overall_best",
-                                                  "refit_test_accuracy", "booster", "storage", "note")}
-    run.write_json("metrics.json", summary)
-    final = {"Best_test_acc_BOT": _pct(test.get("acc1")), "Test_IoU": _pct(test.get("iou")),
-             "Test_Dice": _pct(test.get("dice")), "selected_epoch": summary.get("best_epoch")}
-    if xgb is not None:
-        final.update({"XGBoost best_accuracy": _pct(xgb["best_accuracy"]), "XGBoost overall_best": _pct(xgb["overall_best"])})
-    final = {k: v for k, v in final.items() if v is not None}
-    results = out_dir / "results" / args.backbone_class
-    write_model_accuracies(results / name / stamp / "model_accuracies.txt", vars(args), summary_history(run), final)
-    append_all_results(results / "all_results_file.txt",
-                       f"{stamp} {name} " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                                   for k, v in final.items()))
-    return summary
-
-
-def _pct(v: Any) -> float | None:
-    return None if v is None else 100.0 * float(v)
-
-
-def summary_history(run: RunDir) -> list[dict[str, Any]]:
-    rows = run.csv("log.csv").read_rows()
-    out = []
-    for r in rows:
-        out.append({k: (float(v) if v not in ("", None) and k != "epoch" else int(v) if k == "epoch" else None)
-                    for k, v in r.items()})
-    return out
+    """Run the pipeline (``xmnet.engine_xmnet.main``) on parsed, checked flags; returns the metrics summary."""
+    return engine_xmnet.main(args)
 
 
 if __name__ == "__main__":

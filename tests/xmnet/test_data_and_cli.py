@@ -12,7 +12,7 @@ from common.cli import run_main
 from common.data.errors import DataError
 from common.data.safe_pickle import UnsafePickleError, safe_load_pickle
 from tests.xmnet.helpers import tiny
-from xmnet import Train
+from xmnet import Train, engine_xmnet
 from xmnet.leafvein2 import LeafVeinDataset, split_indices, subset_fraction
 
 
@@ -102,13 +102,13 @@ def test_both_versions_flags_and_defaults():
                           "--backbone_class", "densenet161", "--model_path", "best_model.pth", "--unet",
                           "--transfer_to", "0.250"])
     assert a.seg_included and not a.cls_included and a.transfer_to == 0.25
-    assert Train.resolved_batch_size(a) == 8 and Train.resolved_lr(a) == 0.05  # --unet keeps 0.05
+    assert engine_xmnet.resolved_batch_size(a) == 8 and engine_xmnet.resolved_lr(a) == 0.05  # --unet keeps 0.05
     a = Train.parse_args(["--mmanet", "--seg_ild", "--model_path", "m.pth"])
-    assert Train.resolved_lr(a) == 0.02 and a.att_from == 3
+    assert engine_xmnet.resolved_lr(a) == 0.02 and a.att_from == 3
     a = Train.parse_args(["--manet", "--cls_ild", "--amp"])
     assert a.mmanet and a.cls_included and a.amp == "fp16"
     a = Train.parse_args(["--xmnet", "--cls_included"])
-    assert (Train.resolved_batch_size(a), Train.resolved_lr(a), a.max_epoch, a.seg_size, a.num_classes, a.seed,
+    assert (engine_xmnet.resolved_batch_size(a), engine_xmnet.resolved_lr(a), a.max_epoch, a.seg_size, a.num_classes, a.seed,
             a.n_trials, a.dataset) == (32, 0.05, 150, 448, 200, 1, 150, "soybean_2_1")
 
 

@@ -14,7 +14,7 @@ import torch
 from common.checkpoint import load_checkpoint
 from common.synth.xmnet import write
 from tests.xmnet.helpers import TINY
-from xmnet import Train
+from xmnet import Train, engine_xmnet
 from xmnet.backboneModels import XMNetModel
 from xmnet.leafvein2 import LeafVeinDataset
 from xmnet.utils import iou_dice
@@ -29,7 +29,7 @@ def test_segmentation_iou_improves_with_training(tmp_path):
     train = LeafVeinDataset(tmp_path, "train", train=True, crop=64)
     test = LeafVeinDataset(tmp_path, "test", train=False, crop=64)
     model = XMNetModel("resnet18", 3, attention="xmnet", segmentation=True, unet=True, att_from=5)
-    task = Train.XMNetTask(model, cls_included=False, seg_included=True, maskguided=False, fsds=False, seg_size=64,
+    task = engine_xmnet.XMNetTask(model, cls_included=False, seg_included=True, maskguided=False, fsds=False, seg_size=64,
                            seg_target_mode="binary", freeze_features_bn=False)
     opt = torch.optim.SGD([p for p in task.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
     x = torch.stack([test[i][0] for i in range(len(test))])
