@@ -179,6 +179,60 @@ def plot_per_class(metrics: dict[str, Any], paper: str, out_dir: str | Path, *, 
     return written
 
 
+def save_overlay_grid(rows: Sequence[Sequence[tuple[Any, Any, str]]], out: str | Path, *, title: str,
+                      map_label: str = "attention") -> Path:
+    """Write a grid of images with heat maps over them (the papers' attention overlays).
+
+    Args:
+        rows: one row per validation image; each panel is ``(image [H, W] or [H, W, 3] in [0, 1],
+            heat map [h, w] or None, caption)``; maps are resized to the image and min-max scaled.
+        out: PNG path.
+        title: figure title (say what the maps are).
+        map_label: colour-bar label.
+
+    Returns:
+        ``out``.
+    """
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, 2.7 * n_rows + 0.8), squeeze=False)
+    im = None
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.axis("off")
+            if j >= len(row):
+                continue
+            image, heat, caption = row[j]
+            image = np.asarray(image, dtype=np.float32)
+            ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
+            if heat is not None:
+                h = torch.as_tensor(np.asarray(heat, dtype=np.float32))[None, None]
+                h = F.interpolate(h, size=image.shape[:2], mode="bilinear", align_corners=False)[0, 0].numpy()
+                h = (h - h.min()) / (h.max() - h.min() + 1e-12)
+                im = ax.imshow(h, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            ax.set_title(caption, fontsize=7)
+    if im is not None:
+        fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.02, label=f"{map_label}, min-max scaled per panel")
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.wrap(title, width=max(40, 30 * n_cols))), fontsize=9)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return Path(out)
+
+
+def to_display(x: Any) -> Any:
+    """A normalised image tensor [C, H, W] as a [H, W] (grey) or [H, W, 3] array in [0, 1] (min-max)."""
+    x = x.detach().float().cpu()
+    x = (x - x.min()) / (x.max() - x.min() + 1e-12)
+    return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
+
+
 def overlay_function(paper: str) -> Callable[..., list[Path]] | None:
     """The paper's overlay function from :data:`OVERLAYS`, imported now; None if it has none yet."""
     spec = OVERLAYS.get(paper)

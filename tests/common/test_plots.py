@@ -92,3 +92,38 @@ def test_overlays_skip_cleanly_without_checkpoint(tmp_path, paper, capsys):
     run.mkdir(parents=True)
     assert overlay_function(paper)(run, n_images=2) == []
     assert "overlays skipped" in capsys.readouterr().err
+
+
+def test_dvxray_coordatt_overlay_from_a_tiny_model(tmp_path):
+    from dvxray.engine_finetune import parse_attention_config
+    from dvxray.models.convnextv2 import create_model
+    from dvxray.models.convnextv2_dual import ConvNeXtV2Dual
+    from dvxray.plots import coordatt_maps, draw_coordatt
+
+    torch.manual_seed(0)
+    model = ConvNeXtV2Dual(create_model("convnextv2_atto", num_classes=0), 15, fuse_mode="add", head_type="fpn_pan",
+                           fpn_out_channels=32, attention_config=parse_attention_config('{"N3":"coordatt_u"}'))
+    a, b = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    logits, maps = coordatt_maps(model, a, b)
+    assert logits.shape == (2, 15) and maps.shape[0] == 2 and maps.dim() == 3 and (maps > 0).all()
+    out = draw_coordatt(model, a, b, tmp_path / "coordatt_n3.png", class_names=[f"c{i}" for i in range(15)])
+    assert _png(out)
+    plain = ConvNeXtV2Dual(create_model("convnextv2_atto", num_classes=0), 15, head_type="fpn_pan",
+                           fpn_out_channels=32)
+    with pytest.raises(ValueError, match="no CoordAtt-U at attn3"):
+        coordatt_maps(plain, a, b)
+
+
+@pytest.mark.parametrize("head", ["csra_dbcas", "csra"])
+def test_cxrlt_csra_overlay_from_a_tiny_model(tmp_path, head):
+    from cxrlt.model import ConvNeXtV2CXR
+    from cxrlt.plots import csra_maps, draw_csra
+
+    torch.manual_seed(0)
+    kw = {"num_heads": 2} if head == "csra" else {}
+    model = ConvNeXtV2CXR(5, backbone="convnextv2_atto", drop_path_rate=0.0, head=head, **kw)
+    images = torch.randn(2, 3, 64, 64)
+    logits, att = csra_maps(model, images)
+    assert logits.shape == (2, 5) and att.shape[:2] == (2, 5)
+    assert torch.allclose(att.flatten(2).sum(-1), torch.ones(2, 5), atol=1e-5)  # a distribution per class
+    assert _png(draw_csra(model, images, tmp_path / "csra.png", class_names=list("abcde")))
