@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from common.data import load_image
-from common.data.errors import DataError
 from common.data.datasets import MultiLabelImageDataset
+from common.data.errors import DataError
 from common.data.lists import ImageRecord
 
 FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
