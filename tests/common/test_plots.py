@@ -127,3 +127,39 @@ def test_cxrlt_csra_overlay_from_a_tiny_model(tmp_path, head):
     assert logits.shape == (2, 5) and att.shape[:2] == (2, 5)
     assert torch.allclose(att.flatten(2).sum(-1), torch.ones(2, 5), atol=1e-5)  # a distribution per class
     assert _png(draw_csra(model, images, tmp_path / "csra.png", class_names=list("abcde")))
+
+
+@pytest.mark.parametrize(("task", "size"), [("fgvc", (32, 32)), ("reid", (64, 32))])
+def test_dcal_rollout_and_glca_selection_overlay(tmp_path, task, size):
+    from dcal.models.backbones.timm_wrapper import create_backbone
+    from dcal.models.dual_attention_model import DualAttentionModel
+    from dcal.plots import draw_rollout, rollout_and_selection
+
+    torch.manual_seed(0)
+    model = DualAttentionModel(create_backbone("deit_tiny_patch16_224", img_size=size, patch_size=8, depth=2), 6,
+                               task_type=task, top_k_ratio=0.25)
+    images = torch.randn(2, 3, *size)
+    rollout, mask, scores = rollout_and_selection(model, images)
+    gh, gw = size[0] // 8, size[1] // 8
+    assert rollout.shape == mask.shape == (2, gh, gw)
+    assert mask.flatten(1).sum(1).tolist() == [model.top_k] * 2  # exactly the K GLCA local queries
+    # the selected patches are the K highest rollout scores
+    top = rollout.flatten(1).topk(model.top_k, dim=1).indices
+    assert torch.equal(mask.flatten(1).gather(1, top), torch.ones(2, model.top_k))
+    assert (scores is None) == (task == "reid")
+    assert _png(draw_rollout(model, images, tmp_path / f"dcal_{task}.png"))
+
+
+def test_xmnet_attention_and_vein_mask_overlay(tmp_path):
+    from xmnet.backboneModels import XMNetModel
+    from xmnet.plots import attention_and_mask, draw_xmnet
+
+    torch.manual_seed(0)
+    model = XMNetModel("resnet18", 5, attention="xmnet", segmentation=True, unet=True, att_from=4)
+    images = torch.randn(2, 3, 64, 64)
+    logits, att, mask = attention_and_mask(model, images)
+    assert logits.shape == (2, 5) and att.dim() == 3 and mask.dim() == 3
+    assert float(mask.min()) >= 0.0 and float(mask.max()) <= 1.0
+    assert _png(draw_xmnet(model, images, tmp_path / "xmnet.png"))
+    cls_only = XMNetModel("resnet18", 5, attention="none")
+    assert attention_and_mask(cls_only, images)[1:] == (None, None)
