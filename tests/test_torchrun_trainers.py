@@ -90,3 +90,20 @@ def test_charm_xray_train_under_torchrun(tmp_path):
     m = _metrics(out / "runs" / "experiment")
     assert m["protocol"]["split"] == "charm_notebook" and len(m["best"]["per_class_auc"]) == 14
     assert (out / "models" / "final_experiment.pth").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_xmnet_train_classification_and_xgboost_under_torchrun(tmp_path):
+    data = tmp_path / "data"
+    generate("xmnet", data / "soybean_2_1", n=45, seed=0)
+    out = tmp_path / "run"
+    _torchrun([ROOT / "xmnet/Train.py", "--xmnet", "--cls_included", "--data_dir", data, "--dataset", "soybean_2_1",
+               "--num_classes", "5", "--backbone_class", "resnet18", "--crop_size", "64", "--seg_size", "64",
+               "--batch_size", "4", "--max_epoch", "1", "--num_workers", "0", "--device", "cpu",
+               "--n_trials", "2", "--xgb_n_estimators", "10", "--xgb_nthread", "1", "--output_dir", out],
+              tmp_path, tmp_path)
+    m = _metrics(out)
+    assert m["epochs_run"] == 1 and 0.0 <= m["best"]["acc1"] <= 1.0
+    assert m["xgboost"]["n_trials"] == 2 and 0.0 <= m["best"]["xgb_best_accuracy"] <= 1.0
+    assert (out / "optuna_study_summary.json").is_file() and (out / "best_model.pth").is_file()

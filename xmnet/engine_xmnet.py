@@ -303,17 +303,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     _logger.info("test (selected checkpoint, epoch %s): %s", summary.get("best_epoch"),
                  " ".join(f"{k}={v:.4f}" for k, v in test.items()))
 
+    # the last collective: the other ranks are done and return here, so rank 0's XGBoost study (hours for
+    # 150 trials) and result files are not bounded by the process-group timeout of a waiting barrier
+    ctx.barrier()
+    if not ctx.is_primary:
+        return summary
+
     xgb_summary = None
     run_xgb = args.xgb_stage if args.xgb_stage is not None else args.cls_included
-    if run_xgb and args.n_trials > 0 and ctx.is_primary:
+    if run_xgb and args.n_trials > 0:
         xgb_summary = xgboost_stage(args, model, train_set, test_set, root, ctx, out_dir, name)
-
-    if ctx.is_primary:
-        if args.seg_included and args.save_masks != 0:
-            save_predicted_masks(model, test_set, out_dir / "predicted_masks", args.save_masks, ctx)
-        summary = finish_outputs(args, run, summary, test, xgb_summary, model, name, out_dir)
-    ctx.barrier()
-    return summary
+    if args.seg_included and args.save_masks != 0:
+        save_predicted_masks(model, test_set, out_dir / "predicted_masks", args.save_masks, ctx)
+    return finish_outputs(args, run, summary, test, xgb_summary, model, name, out_dir)
 
 
 def xgboost_stage(args: argparse.Namespace, model: XMNetModel, train_set: LeafVeinDataset,
