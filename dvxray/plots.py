@@ -57,7 +57,38 @@ def draw_coordatt(model: torch.nn.Module, img_a: torch.Tensor, img_b: torch.Tens
 
 
 def overlays(run_dir: Path, *, n_images: int = 4) -> list[Path]:
-    """Overlays from a finished run folder (not wired yet: needs the run's val list and checkpoint)."""
-    print(f"plots: dvxray overlays from a run folder are not implemented yet ({run_dir}); "
-          "call dvxray.plots.draw_coordatt(model, view_a, view_b, out, class_names=...)", file=sys.stderr)
-    return []
+    """CoordAtt-U overlays for a ``main_finetune.py`` output folder: ``checkpoint_best.pth`` (else
+    ``checkpoint_last.pth``) and the first ``n_images`` pairs of its ``--val_list`` (paths as recorded,
+    relative to the folder the training ran in, i.e. the current one). Returns [] with a one-line note
+    on stderr when the checkpoint, the list or a CoordAtt-U at N3 is missing."""
+    from common.checkpoint import load_checkpoint
+    from dvxray.datasets import build_dataset, read_classes
+    from dvxray.engine_finetune import build_model_from_args
+    from dvxray.eval_only import load_eval_weights
+    from dvxray.main_finetune import get_args_parser
+
+    run = Path(run_dir)
+    ckpt_path = next((run / n for n in ("checkpoint_best.pth", "checkpoint_last.pth") if (run / n).is_file()), None)
+    if ckpt_path is None:
+        print(f"plots: dvxray overlays skipped: no checkpoint_best.pth in {run}", file=sys.stderr)
+        return []
+    ckpt = load_checkpoint(ckpt_path)
+    recorded = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else None
+    if recorded is None or "coordatt_u" not in str(recorded.get("attention_config") or ""):
+        print(f"plots: dvxray overlays skipped: {ckpt_path} has no CoordAtt-U (--attention_config)", file=sys.stderr)
+        return []
+    train_args = {**vars(get_args_parser().parse_args([])), **recorded}
+    if not Path(train_args["val_list"]).is_file():
+        print(f"plots: dvxray overlays skipped: --val_list {train_args['val_list']} not found from {Path.cwd()}",
+              file=sys.stderr)
+        return []
+    model, _ = build_model_from_args(train_args)
+    load_eval_weights(model, ckpt["model"], f"{ckpt_path} (model weights)")
+    names = read_classes(train_args["classes_file"], train_args["num_classes"])
+    data = build_dataset(train_args["val_list"], num_classes=train_args["num_classes"], train=False,
+                         input_size=train_args["input_size"], data_root=train_args.get("data_root") or None)
+    items = [data[i] for i in range(min(n_images, len(data)))]
+    img_a = torch.stack([it[0] for it in items])
+    img_b = torch.stack([it[1] for it in items])
+    return [draw_coordatt(model, img_a, img_b, run / "coordatt_n3_overlays.png", class_names=names,
+                          title=f"DvXray {run.name}, validation pairs")]

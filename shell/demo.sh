@@ -56,8 +56,8 @@ command_of() {
         dcal) echo "bash dcal/demo.sh (train/eval_fgvc.py, train/eval_reid.py, train_reid.py Market)" ;;
     esac
 }
-plot_cwd() {  # charm_xray's args.json records data_dir relative to where train.py ran
-    if [[ "$1" == charm_xray ]]; then echo "$DEMO_DATA/charm_xray"; else echo "$ROOT"; fi
+plot_cwd() {  # charm_xray and dvxray record data paths relative to where training ran
+    case "$1" in charm_xray|dvxray) echo "$DEMO_DATA/$1" ;; *) echo "$ROOT" ;; esac
 }
 
 failed=()

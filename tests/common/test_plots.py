@@ -163,3 +163,28 @@ def test_xmnet_attention_and_vein_mask_overlay(tmp_path):
     assert _png(draw_xmnet(model, images, tmp_path / "xmnet.png"))
     cls_only = XMNetModel("resnet18", 5, attention="none")
     assert attention_and_mask(cls_only, images)[1:] == (None, None)
+
+
+def test_dvxray_overlays_from_a_run_folder(tmp_path, monkeypatch, capsys):
+    from common.synth.__main__ import main as synth_main
+    from dvxray.engine_finetune import build_model_from_args
+    from dvxray.main_finetune import get_args_parser
+
+    data = tmp_path / "data"
+    synth_main(["dvxray", str(data), "--n", "16", "--seed", "0"])
+    monkeypatch.chdir(data)  # list paths are recorded relative to where training ran
+    args = vars(get_args_parser().parse_args([]))
+    args.update(model="convnextv2_atto", num_classes=15, fuse_mode="add", head_type="fpn_pan", fpn_out_channels=32,
+                attention_config='{"N3":"coordatt_u"}', input_size=32, val_list="annotations/DvXray_val.txt",
+                classes_file="annotations/classes.txt")
+    model, _ = build_model_from_args(args)
+    run = tmp_path / "dvxray" / "run"
+    run.mkdir(parents=True)
+    torch.save({"model": model.state_dict(), "args": args}, run / "checkpoint_best.pth")
+    capsys.readouterr()  # the synthesiser's own report
+    assert main([str(run), "--n_images", "2"]) == 0  # paper from the path; no CSV or metrics: overlays only
+    assert capsys.readouterr().out.split() == [str(run / "coordatt_n3_overlays.png")]
+    assert _png(run / "coordatt_n3_overlays.png")
+    monkeypatch.chdir(tmp_path)
+    assert plot_run(run) == []
+    assert "val_list annotations/DvXray_val.txt not found" in capsys.readouterr().err
