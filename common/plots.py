@@ -151,8 +151,9 @@ def plot_per_class(metrics: dict[str, Any], paper: str, out_dir: str | Path, *, 
     for key, values in section.items():
         if not key.startswith("per_class_") or not isinstance(values, list) or names is None or len(values) != len(names):
             continue
-        entry = next((e for e in reg.entries if e.per_class and e.per_class_key == key and e.show_by_default), None)
-        entry = entry or next((e for e in reg.entries if e.per_class and e.per_class_key == key), None)
+        base = key.removesuffix("_ema")  # the EMA model's list is compared with the same published numbers
+        entry = next((e for e in reg.entries if e.per_class and e.per_class_key == base and e.show_by_default), None)
+        entry = entry or next((e for e in reg.entries if e.per_class and e.per_class_key == base), None)
         pub = {}
         if entry is not None:
             pub = {_norm(c): convert_scale(v, entry.scale, reg.run_scale) for c, v in entry.per_class.items()}
@@ -164,10 +165,10 @@ def plot_per_class(metrics: dict[str, Any], paper: str, out_dir: str | Path, *, 
         if pub:
             ax.bar([i + w / 2 for i in xs], [pub.get(_norm(c), math.nan) for c in names], w,
                    label=f"published: {entry.name}", alpha=0.8)
-        metric = key.removeprefix("per_class_").upper()
+        metric = base.removeprefix("per_class_").upper() + (" (EMA model)" if key != base else "")
         ax.set_xticks(list(xs), names, rotation=45, ha="right", fontsize=8)
         ax.set_ylabel(f"{metric} ({reg.run_scale})")
-        ax.set_xlabel("class (no bar: undefined on this run, e.g. one label value only)")
+        ax.set_xlabel("class (no visible bar: 0, or undefined on this run, e.g. no positive example)")
         ax.set_title(f"{title}: per-class {metric}" + ("" if pub else " (no published per-class numbers)"))
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
@@ -295,6 +296,27 @@ def plot_run(run_dir: str | Path, *, paper: str | None = None, overlays: bool = 
         func = overlay_function(paper)
         if func is not None:
             written += func(run, n_images=n_images)
+    return written
+
+
+def plot_run_at_end(run_dir: str | Path, paper: str, **kwargs: Any) -> list[Path]:
+    """:func:`plot_run` for a trainer's last step: a failure is one warning line, never a failed run.
+
+    Args:
+        run_dir: the run folder just written.
+        paper: the paper name.
+        **kwargs: passed to :func:`plot_run`.
+
+    Returns:
+        The PNGs written ([] after a failure).
+    """
+    try:
+        written = plot_run(run_dir, paper=paper, **kwargs)
+    except Exception as err:  # noqa: BLE001 - pictures must never fail a finished training
+        print(f"plots: warning: pictures of {run_dir} not drawn ({type(err).__name__}: {err})", file=sys.stderr)
+        return []
+    for path in written:
+        print(f"plots: wrote {path}")
     return written
 
 

@@ -166,6 +166,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="autocast: auto = bf16 where supported else fp16, as the original; CPU always bf16 (default: auto)")
     g.add_argument("--sort_training_log", default=True, type=str2bool,
                    help="re-sort training_log.csv by val_metric at the end, as the original (default: true)")
+    g.add_argument("--plots", default=True, type=str2bool,
+                   help="draw the run's pictures at the end (curves, per-class AP, CoordAtt-U overlays; python -m common.plots) (default: true)")
     g.add_argument("--summary_csv", default=SUMMARY_CSV, type=str,
                    help=f"per-run summary CSV appended at the end; a relative path is under --output_dir (the original wrote it in the working directory) (default: {SUMMARY_CSV})")
     return p
@@ -298,6 +300,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                   ema=ema, callbacks=callbacks, args=args)
     if ctx.is_primary:
         _finish_outputs(args, run, summary, class_names, monitor_key, total_m, trained=epochs_trained.count > 0)
+        if args.plots:
+            from common.plots import plot_run_at_end
+
+            plot_run_at_end(args.output_dir, "dvxray")
     return summary
 
 

@@ -188,3 +188,15 @@ def test_dvxray_overlays_from_a_run_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert plot_run(run) == []
     assert "val_list annotations/DvXray_val.txt not found" in capsys.readouterr().err
+
+
+def test_plot_run_at_end_never_fails_a_training(tmp_path, capsys):
+    from common.plots import plot_run_at_end
+
+    assert plot_run_at_end(tmp_path / "gone", "dvxray") == []
+    assert "plots: warning: pictures of" in capsys.readouterr().err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"best": {"per_class_ap_ema": [0.5] * 15}}))
+    assert plot_run_at_end(run, "dvxray", overlays=False) == [run / "per_class_ap_ema.png"]
+    assert f"plots: wrote {run / 'per_class_ap_ema.png'}" in capsys.readouterr().out
