@@ -67,3 +67,5 @@ def add_run_args(g: _Group, *, output_dir: str) -> None:
     g.add_argument("--resume", default="",
                    help="'' = fresh, 'auto' = continue the run in --output_dir, or a phase-2 checkpoint_last.pth (default: '')")
     g.add_argument("--device", default="cuda", help="cuda or cpu (default: cuda)")
+    g.add_argument("--plots", default=True, type=str2bool,
+                   help="draw the run's pictures at the end (curves, per-class AP; python -m common.plots) (default: true)")

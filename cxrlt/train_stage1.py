@@ -120,8 +120,13 @@ def main(args: argparse.Namespace) -> dict:
         ckpt_best="best_convnext_model.pth", resume=args.resume, warmup_best_is_bar=False,
         class_names=MIMIC_CLASSES, skip_nonfinite=args.skip_nonfinite,
     )
-    return two_phase_fit(task, loader_train, loader_val, settings=settings, ctx=ctx, run=run,
-                         output_dir=args.output_dir, args=args)
+    summary = two_phase_fit(task, loader_train, loader_val, settings=settings, ctx=ctx, run=run,
+                            output_dir=args.output_dir, args=args)
+    if args.plots and ctx.is_primary:
+        from common.plots import plot_run_at_end
+
+        plot_run_at_end(args.output_dir, "cxrlt")
+    return summary
 
 
 if __name__ == "__main__":

@@ -164,8 +164,13 @@ def main(args: argparse.Namespace) -> dict:
         warmup_backbone_eval=args.warmup_backbone_eval, skip_warmup=skip_warmup, class_names=split.class_names,
         skip_nonfinite=args.skip_nonfinite,
     )
-    return two_phase_fit(task, loader_train, loader_val, settings=settings, ctx=ctx, run=run,
-                         output_dir=args.output_dir, args=args)
+    summary = two_phase_fit(task, loader_train, loader_val, settings=settings, ctx=ctx, run=run,
+                            output_dir=args.output_dir, args=args)
+    if args.plots and ctx.is_primary:
+        from common.plots import plot_run_at_end
+
+        plot_run_at_end(args.output_dir, "cxrlt")
+    return summary
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
