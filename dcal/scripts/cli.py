@@ -6,6 +6,7 @@ Training and evaluation themselves live in ``dcal.training`` (imported lazily so
 from __future__ import annotations
 
 import argparse
+import os
 
 TASK_NAMES = {"fgvc": "fine-grained visual categorisation (FGVC)", "reid": "object re-identification"}
 
@@ -28,6 +29,9 @@ def train_args_parser(task_type: str) -> argparse.ArgumentParser:
                         help="checkpoint file or folder to resume from (an error if missing), or 'auto' for "
                              "save_dir's checkpoint_last.pth when present, else a fresh start "
                              "(default: None = start fresh)")
+    parser.add_argument("--no_plots", action="store_true",
+                        help="skip the pictures drawn at the end (curves, per-class bars; python -m common.plots) "
+                             "(default: drawn)")
     _add_opts(parser)
     return parser
 
@@ -52,7 +56,12 @@ def train_main(args: argparse.Namespace, task_type: str) -> dict:
     from dcal.utils.config import load_config
 
     cfg = load_config(args.config, args.opts)
-    return train_from_config(cfg, task_type=task_type, gpu=args.gpu, resume=args.resume, extra_args=vars(args))
+    summary = train_from_config(cfg, task_type=task_type, gpu=args.gpu, resume=args.resume, extra_args=vars(args))
+    if not getattr(args, "no_plots", False) and os.environ.get("RANK", "0") == "0":
+        from common.plots import plot_run_at_end
+
+        plot_run_at_end(cfg.save_dir, "dcal")
+    return summary
 
 
 def eval_main(args: argparse.Namespace, task_type: str) -> dict:
