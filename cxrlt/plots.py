@@ -50,7 +50,38 @@ def draw_csra(model: torch.nn.Module, images: torch.Tensor, out: str | Path, *, 
 
 
 def overlays(run_dir: Path, *, n_images: int = 4) -> list[Path]:
-    """Overlays from a finished run folder (not wired yet: needs the run's data and checkpoint)."""
-    print(f"plots: cxrlt overlays from a run folder are not implemented yet ({run_dir}); "
-          "call cxrlt.plots.draw_csra(model, images, out, class_names=...)", file=sys.stderr)
-    return []
+    """CSRA overlays for a ``train_stage1.py`` / ``train_stage2.py`` output folder: its
+    ``checkpoint_last.pth`` (model rebuilt from the weights' keys, as ``inference.py`` does) on the
+    first ``n_images`` images of the run's ``--data_dir`` ``images/`` folder (as recorded in
+    ``args.json``, relative to the folder the training ran in). Returns [] with a one-line note on
+    stderr when something is missing."""
+    import json
+
+    from cxrlt.inference import load_any_model
+    from cxrlt.model import CLASS_NAMES
+    from cxrlt.predict import load_input
+
+    run = Path(run_dir)
+    ckpt = next((run / n for n in ("checkpoint_last.pth", "checkpoint_best.pth") if (run / n).is_file()), None)
+    if ckpt is None or not (run / "args.json").is_file():
+        print(f"plots: cxrlt overlays skipped: no checkpoint_last.pth / args.json in {run}", file=sys.stderr)
+        return []
+    args = json.loads((run / "args.json").read_text(encoding="utf-8"))
+    image_dir = Path(args.get("data_dir", ".")) / "images"
+    paths = sorted(p for p in image_dir.glob("*.png") if "corrupt" not in p.name)[:n_images]
+    if not paths:
+        print(f"plots: cxrlt overlays skipped: no PNG images in {image_dir} (from {Path.cwd()})", file=sys.stderr)
+        return []
+    model = load_any_model(ckpt, args.get("model", "convnextv2_base"))
+    if not hasattr(model, "bn"):
+        print(f"plots: cxrlt overlays skipped: {ckpt} has no CSRA head", file=sys.stderr)
+        return []
+    size = int(args.get("image_size", 512))
+    images = torch.cat([load_input(p, size) for p in paths])
+    metrics = run / "metrics.json"
+    names = json.loads(metrics.read_text()).get("class_names") if metrics.is_file() else None
+    k = model.num_classes
+    names = names if names and len(names) == k else (list(CLASS_NAMES) if len(CLASS_NAMES) == k else
+                                                    [f"class {i}" for i in range(k)])
+    return [draw_csra(model, images, run / "csra_overlays.png", class_names=names, names=[p.name for p in paths],
+                      title=f"CXR-LT {run.name}")]

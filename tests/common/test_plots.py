@@ -200,3 +200,21 @@ def test_plot_run_at_end_never_fails_a_training(tmp_path, capsys):
     (run / "metrics.json").write_text(json.dumps({"best": {"per_class_ap_ema": [0.5] * 15}}))
     assert plot_run_at_end(run, "dvxray", overlays=False) == [run / "per_class_ap_ema.png"]
     assert f"plots: wrote {run / 'per_class_ap_ema.png'}" in capsys.readouterr().out
+
+
+def test_cxrlt_overlays_from_a_run_folder(tmp_path, capsys):
+    from common.synth.__main__ import main as synth_main
+    from cxrlt.model import ConvNeXtV2CXR
+
+    data = tmp_path / "padchest"
+    synth_main(["padchest", str(data), "--n", "12", "--seed", "0"])
+    run = tmp_path / "cxrlt" / "stage2"
+    run.mkdir(parents=True)
+    torch.manual_seed(0)
+    model = ConvNeXtV2CXR(30, backbone="convnextv2_atto", drop_path_rate=0.0)
+    torch.save({"model": model.state_dict()}, run / "checkpoint_last.pth")
+    (run / "args.json").write_text(json.dumps({"data_dir": str(data), "model": "convnextv2_atto", "image_size": 32}))
+    capsys.readouterr()
+    assert main([str(run), "--n_images", "2"]) == 0
+    assert capsys.readouterr().out.split() == [str(run / "csra_overlays.png")]
+    assert _png(run / "csra_overlays.png")
