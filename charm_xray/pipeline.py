@@ -278,6 +278,10 @@ def run_experiment(args: argparse.Namespace, plan: SplitPlan, exp_name: str, mom
                                      "training_time": training_time})
         atomic_write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n", exp_dir / "metrics.json")
         atomic_write_text(json.dumps(result, indent=2) + "\n", result_file)
+        if args.plots:  # training curves, per-class AUC vs the paper, spatial-attention overlays
+            from common.plots import plot_run_at_end
+
+            plot_run_at_end(exp_dir, "charm_xray")
         atomic_write_text(time.strftime("%F %T") + "\n", exp_dir / FINISHED)
         if not args.keep_stage_checkpoints:  # models/phase1_*.pth and final_*.pth hold what is needed
             for stale in exp_dir.glob("*/checkpoint_*.pth"):

@@ -124,6 +124,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep_stage_checkpoints", default=False, type=str2bool,
                    help="keep each fit's training checkpoints after the setting finished (default: false; "
                         "models/phase1_<exp>.pth and final_<exp>.pth are always kept)")
+    g.add_argument("--plots", default=True, type=str2bool,
+                   help="draw the run's pictures at the end (curves, per-class AUC, attention overlays; "
+                        "python -m common.plots RUN_DIR redraws them) (default: true)")
     g.add_argument("--no_progress", action="store_true", help="no tqdm bars")
     return parser
 

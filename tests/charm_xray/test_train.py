@@ -50,6 +50,8 @@ def test_readme_commands_train_then_three_test_checkpoint_forms(data, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     out = work / "working"
     assert "lr_find: " in (out / "runs" / "experiment" / "log.txt").read_text()
+    pictures = sorted(p.name for p in (out / "runs" / "experiment").glob("*.png"))
+    assert any("attention" in p or "overlay" in p for p in pictures) and any(p.startswith("curves") for p in pictures), pictures
     assert (out / "runs" / "experiment" / "lr_find.png").stat().st_size > 0
     for name in ("models/phase1_experiment.pth", "models/final_experiment.pth",
                  "parameter_search_results/preds_experiment.pt", "runs/experiment/roc_curves.png"):
@@ -111,7 +113,7 @@ class _KillAfter:
 
 
 def test_grid_names_csvs_heatmaps_skip_and_resume_bit_identical(data, tmp_path, monkeypatch):
-    base = ["--data_dir", str(data), *TINY, "--lr", "1e-3", "--phase1_epochs", "2", "--freeze_epochs", "0",
+    base = ["--data_dir", str(data), *TINY, "--plots", "false", "--lr", "1e-3", "--phase1_epochs", "2", "--freeze_epochs", "0",
             "--momentum_values", "0.99", "--k_values", "2", "3", "--threshold_values", "0.2"]
     ref = _args([*base, "--output_dir", str(tmp_path / "ref")])
     results = pipeline.main(ref)
@@ -153,7 +155,7 @@ def test_learns_multilabel_digits(tmp_path):
                   "--model_name", "resnet18", "--image_size", "48", "--batch_size_phase1", "16",
                   "--batch_size_phase2", "16", "--batch_size_test", "32", "--lr", "2e-3", "--freeze_epochs", "0",
                   "--phase1_epochs", "6", "--phase2_epochs", "2", "--phase2_lr_max", "5e-4", "--amp", "none",
-                  "--num_workers", "0", "--no_progress"])
+                  "--num_workers", "0", "--no_progress", "--plots", "false"])
     result = pipeline.main(args)[0]
     # chance is 0.5; 6 + 2 epochs on about 270 training images reached 0.80 when measured
     assert result["mean_auc"] > 0.7, result
