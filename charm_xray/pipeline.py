@@ -200,15 +200,13 @@ def auc_report(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
 
 def plot_roc_curves(probs: torch.Tensor, targets: torch.Tensor, path: Path, title: str) -> Path:
     """One ROC curve per class with its AUC in the legend."""
-    import io
-
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # headless
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
 
-    from common.checkpoint import atomic_write_bytes
+    from common.plots import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 6))
     y, p = targets.numpy(), probs.numpy()
@@ -222,11 +220,7 @@ def plot_roc_curves(probs: torch.Tensor, targets: torch.Tensor, path: Path, titl
     ax.set_title(title)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(buf.getvalue(), path)
-    return path
+    return save_figure(fig, path)
 
 
 def test_metrics_json(report: dict[str, Any], plan_report: dict[str, Any], protocol: str, exp_name: str,
@@ -315,15 +309,13 @@ def write_results(out: Path, results: list[dict[str, Any]], grid: bool) -> None:
 
 def plot_heatmap(results: list[dict[str, Any]], momentum: float, path: Path) -> Path:
     """Test AUC over k (rows) x threshold (columns) for one momentum, as the notebooks plot it."""
-    import io
-
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # headless
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from common.checkpoint import atomic_write_bytes
+    from common.plots import save_figure
 
     ks = sorted({r["k"] for r in results})
     ts = sorted({r["threshold"] for r in results})
@@ -331,11 +323,12 @@ def plot_heatmap(results: list[dict[str, Any]], momentum: float, path: Path) -> 
     for r in results:
         if not r["error"] and r["mean_auc"] is not None:
             grid[ks.index(r["k"]), ts.index(r["threshold"])] = r["mean_auc"]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(ts), 1.4 + 0.8 * len(ks)))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 + 1.2 * len(ts)), 1.4 + 0.8 * len(ks)))
     im = ax.imshow(grid, cmap="viridis", aspect="auto")
     for i, j in itertools.product(range(len(ks)), range(len(ts))):
         text = "failed" if np.isnan(grid[i, j]) else f"{grid[i, j]:.4f}"
-        ax.text(j, i, text, ha="center", va="center", color="w", fontsize=9)
+        bright = np.isnan(grid[i, j]) or grid[i, j] >= np.nanmean(grid)  # viridis is light at the top; NaN is blank
+        ax.text(j, i, text, ha="center", va="center", color="k" if bright else "w", fontsize=9)
     ax.set_xticks(range(len(ts)), [str(t) for t in ts])
     ax.set_yticks(range(len(ks)), [str(k) for k in ks])
     ax.set_xlabel("rarity threshold")
@@ -343,11 +336,7 @@ def plot_heatmap(results: list[dict[str, Any]], momentum: float, path: Path) -> 
     ax.set_title(f"test ROC-AUC, momentum {momentum}")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(buf.getvalue(), path)
-    return path
+    return save_figure(fig, path)
 
 
 def main(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -141,10 +141,10 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], path: str | Path
     """Loss against learning rate (log scale) as a PNG, with the suggestion marked."""
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # headless
     import matplotlib.pyplot as plt
 
-    from common.checkpoint import atomic_write_bytes
+    from common.plots import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(lrs, losses, label="smoothed training loss")
@@ -156,10 +156,4 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], path: str | Path
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(buf.getvalue(), path)
-    return Path(path)
+    return save_figure(fig, path)

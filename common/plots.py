@@ -48,6 +48,19 @@ OVERLAYS: dict[str, str] = {
 _SKIP = ("time", "remaining", "completion", "epoch", "step", "grad_var")
 
 
+def save_figure(fig: Any, path: str | Path, *, dpi: int = 100) -> Path:
+    """Write ``fig`` as a PNG atomically (a killed run never leaves half a picture) and close it."""
+    import io
+
+    from common.checkpoint import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(buf.getvalue(), path)
+    return Path(path)
+
+
 class PlotError(ValueError):
     """Bad input to the plotter (missing run folder, unreadable log, ...); one-line message."""
 
