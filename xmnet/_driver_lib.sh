@@ -35,3 +35,23 @@ xm_check_case() {  # NUMBER TOTAL: the original's error for a number outside the
         exit 1
     fi
 }
+
+xm_seg_cases() {  # SCRIPT OUT_PREFIX CMD...: the 12 segmentation cases (att_from 1-6, without / with --fsds)
+    local script="$1" prefix="$2" att fsds name out
+    shift 2
+    local -a base=("$@") flags
+    # shellcheck disable=SC2206
+    local -a extra=($EXTRA_ARGS)
+    for att in 1 2 3 4 5 6; do
+        for fsds in 0 1; do
+            name="att_from${att}"; flags=(--att_from "$att")
+            if (( fsds )); then name+="_fsds"; flags+=(--fsds); fi
+            out="$OUT_ROOT/$BACKBONE/${prefix}_$name"
+            runlib_add "$name" "$out" -- "${base[@]}" "${flags[@]}" --output_dir "$out" "${extra[@]}"
+        done
+    done
+    if runlib_will_execute && [[ ! -f "$MODEL_PATH" ]]; then
+        echo "$script: classification checkpoint not found: $MODEL_PATH (train one with train_model_cls.sh, then set MODEL_PATH=...)" >&2
+        exit 1
+    fi
+}

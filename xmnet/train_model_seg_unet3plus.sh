@@ -42,18 +42,5 @@ runlib_var EXTRA_ARGS ""
 
 base=("$PYTHON" -u "$HERE/Train.py" --mmanet --seg_ild --freeze_all --dataparallel --max_epoch 200
       --backbone_class "$BACKBONE" --data_dir "$DATA_DIR" --model_path "$MODEL_PATH" --local_train "$_local")
-# shellcheck disable=SC2206
-extra=($EXTRA_ARGS)
-for att in 1 2 3 4 5 6; do
-    for fsds in 0 1; do
-        name="att_from${att}"; flags=(--att_from "$att")
-        if (( fsds )); then name+="_fsds"; flags+=(--fsds); fi
-        out="$OUT_ROOT/$BACKBONE/seg_unet3plus_$name"
-        runlib_add "$name" "$out" -- "${base[@]}" "${flags[@]}" --output_dir "$out" "${extra[@]}"
-    done
-done
-if runlib_will_execute && [[ ! -f "$MODEL_PATH" ]]; then
-    echo "train_model_seg_unet3plus.sh: classification checkpoint not found: $MODEL_PATH (train one with train_model_cls.sh, then set MODEL_PATH=...)" >&2
-    exit 1
-fi
+xm_seg_cases train_model_seg_unet3plus.sh seg_unet3plus "${base[@]}"
 runlib_run
