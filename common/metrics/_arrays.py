@@ -24,15 +24,19 @@ def to_numpy(x: ArrayLike, *, name: str, dtype: type = np.float64) -> np.ndarray
 
 def binary_targets(targets: ArrayLike) -> np.ndarray:
     """Validate an (N, C) {0, 1} target matrix (1-D = one class) and return it as int64."""
-    t = to_numpy(targets, name="targets")
+    if isinstance(targets, np.ndarray) and (targets.dtype == np.bool_ or np.issubdtype(targets.dtype, np.integer)):
+        t = targets  # integer labels need no float round trip (a copy of the whole matrix)
+    else:
+        t = to_numpy(targets, name="targets")
     if t.ndim == 1:
         t = t[:, None]
     if t.ndim != 2:
         raise ValueError(f"targets must be (N, C), got shape {tuple(t.shape)}")
-    if not np.isin(t, (0.0, 1.0)).all():
-        bad = np.unique(t[~np.isin(t, (0.0, 1.0))])[:5]
+    binary = (t == 0) | (t == 1)
+    if not binary.all():
+        bad = np.unique(t[~binary])[:5]
         raise ValueError(f"targets must be 0/1, found values {bad.tolist()}")
-    return t.astype(np.int64)
+    return t.astype(np.int64, copy=False)
 
 
 def scores_and_targets(scores: ArrayLike, targets: ArrayLike) -> tuple[np.ndarray, np.ndarray]:

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import torch
 from scipy.special import expit
-from scipy.stats import rankdata
 
 from common.metrics._arrays import ArrayLike, binary_targets, scores_and_targets
 
@@ -33,24 +34,60 @@ _logger = logging.getLogger(__name__)
 _F1_EPS = 1e-12
 
 
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _class_ranking(scores: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
+    """(AP, ROC-AUC) of one class from two sorts: all its scores, and its positives' scores.
+
+    Each positive of score v contributes its precision at the threshold v,
+    ``#pos(>= v) / #all(>= v)``, which is sklearn's AP with tied scores forming one threshold. Its
+    AUC share is ``#neg(< v) + #neg(== v) / 2`` (Mann-Whitney, ties count 1/2). The counts come
+    from ``searchsorted`` into the sorted scores, so no argsort (the slow, data-moving part of a
+    ranking) is needed.
+    """
+    pos = np.sort(scores[positive])
+    n, num_pos = scores.shape[0], pos.shape[0]
+    if num_pos == 0:
+        return 0.0, float("nan")
+    everything = np.sort(scores)
+    all_lt = np.searchsorted(everything, pos, side="left")
+    pos_lt = np.searchsorted(pos, pos, side="left")
+    ap = float(np.sum((num_pos - pos_lt) / (n - all_lt)) / num_pos)
+    num_neg = n - num_pos
+    if num_neg == 0:
+        return ap, float("nan")
+    neg_lt = all_lt - pos_lt
+    neg_lt_sum = float(neg_lt.sum())
+    if (everything[1:] == everything[:-1]).any():
+        # Only tied scores make #neg(<= v) differ from #neg(< v).
+        neg_le = np.searchsorted(everything, pos, side="right") - np.searchsorted(pos, pos, side="right")
+        neg_lt_sum += 0.5 * float((neg_le - neg_lt).sum())
+    return ap, neg_lt_sum / (num_pos * num_neg)
+
+
+def _per_class_ap_auc(s: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class AP (0.0 without positives) and ROC-AUC (NaN when undefined) of validated (N, C) arrays."""
+    # One class per contiguous row: torch's blocked (and threaded) transpose is several times
+    # faster than numpy's for (N, C) with small C, and per-column strided copies are slower still.
+    scores_by_class = s.T if s.T.flags.c_contiguous else torch.from_numpy(np.ascontiguousarray(s)).t().contiguous().numpy()
+    positive_by_class = np.ascontiguousarray((t != 0).T)
+    classes = range(s.shape[1])
+    workers = min(_threads(), s.shape[1])
+    # numpy releases the GIL in sort / searchsorted / copies, so classes run in parallel on the
+    # torch thread budget; small inputs are not worth a pool.
+    if workers > 1 and s.size >= 200_000:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            stats = list(pool.map(lambda j: _class_ranking(scores_by_class[j], positive_by_class[j]), classes))
+    else:
+        stats = [_class_ranking(scores_by_class[j], positive_by_class[j]) for j in classes]
+    ap, auc = (np.array(x, dtype=np.float64) for x in zip(*stats, strict=True))
+    return ap, auc
+
+
 def _per_class_ap(s: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Non-interpolated AP of every column of validated (N, C) arrays; 0.0 where a column has no positive."""
-    n = s.shape[0]
-    order = np.argsort(-s, axis=0, kind="stable")
-    s_sorted = np.take_along_axis(s, order, axis=0)
-    t_sorted = np.take_along_axis(t, order, axis=0)
-    tp = np.cumsum(t_sorted, axis=0)
-    precision = tp / np.arange(1, n + 1)[:, None]
-    # A threshold sits at the last element of each run of tied scores. Every positive inside a run
-    # is credited with the precision at the end of its run, which is sklearn's tie rule.
-    is_end = np.ones_like(s_sorted, dtype=bool)
-    is_end[:-1] = s_sorted[:-1] != s_sorted[1:]
-    end_index = np.where(is_end, np.arange(n)[:, None], n)
-    end_index = np.minimum.accumulate(end_index[::-1], axis=0)[::-1]
-    precision_at_end = np.take_along_axis(precision, end_index, axis=0)
-    num_pos = t.sum(axis=0)
-    ap_sum = (t_sorted * precision_at_end).sum(axis=0)
-    return np.where(num_pos > 0, ap_sum / np.maximum(num_pos, 1), 0.0)
+    return _per_class_ap_auc(s, t)[0]
 
 
 def _no_positive(t: np.ndarray, class_names: Sequence[str] | None) -> list:
@@ -128,16 +165,7 @@ def mean_average_precision(
 
 
 def _per_class_auc(s: np.ndarray, t: np.ndarray) -> np.ndarray:
-    # Mann-Whitney form of the ROC area: tied scores get their average rank, which counts a
-    # positive/negative tie as 1/2, exactly what the trapezoidal ROC area in sklearn does.
-    ranks = rankdata(s, method="average", axis=0)
-    num_pos = t.sum(axis=0).astype(np.float64)
-    num_neg = t.shape[0] - num_pos
-    rank_sum = (ranks * t).sum(axis=0)
-    valid = (num_pos > 0) & (num_neg > 0)
-    denom = np.where(valid, num_pos * num_neg, 1.0)
-    auc = (rank_sum - num_pos * (num_pos + 1) / 2) / denom
-    return np.where(valid, auc, np.nan)
+    return _per_class_ap_auc(s, t)[1]
 
 
 def roc_auc_per_class(scores: ArrayLike, targets: ArrayLike) -> np.ndarray:
@@ -257,8 +285,7 @@ def multilabel_metrics(
     names = _check_names(class_names, t.shape[1])
     flagged = _no_positive(t, names)
     _warn_no_positive(flagged)
-    ap = _per_class_ap(s, t)
-    auc = _per_class_auc(s, t)
+    ap, auc = _per_class_ap_auc(s, t)
     pred = _predictions(s, threshold, from_logits)
     f1 = _f1_dict(pred, t)
     return {

@@ -13,8 +13,9 @@ mINP, re-implemented from their documented definitions:
 mossbee/DCAL divides the CMC by all queries instead of the valid ones; that variant equals
 ``cmc * num_valid_queries / (num_valid_queries + num_skipped_queries)``.
 
-The computation is vectorised over the gallery and over blocks of queries (one ``argsort`` per
-block), so no Python loop runs per query.
+The computation is vectorised over the gallery and over blocks of queries and needs no argsort of
+the gallery: only the few correct matches of each query are ranked, by counting the closer
+non-matches (see ``_ranks_by_counting``), so no Python loop runs per query.
 """
 
 from __future__ import annotations
@@ -116,32 +117,24 @@ def evaluate_rank(
     qp, gp = _ids(q_pids, "q_pids", num_q), _ids(g_pids, "g_pids", num_g)
     qc, gc = _ids(q_camids, "q_camids", num_q), _ids(g_camids, "g_camids", num_g)
 
-    first_hit_counts = np.zeros(max_rank + 1, dtype=np.int64)
-    ap_sum = inp_sum = 0.0
-    num_valid = 0
+    if not np.issubdtype(dist.dtype, np.floating):
+        dist = dist.astype(np.float64)  # integer distances: the +inf marks need a float type
+    # Gallery items grouped by identity: a query's candidate matches are one slice of this order.
+    by_pid = np.argsort(gp, kind="stable")
+    pid_sorted = gp[by_pid]
+    first_ranks, aps, inps = [], [], []
     block = max(1, _BLOCK_ELEMENTS // max(num_g, 1))
     for start in range(0, num_q, block):
         rows = slice(start, start + block)
-        order = np.argsort(dist[rows], axis=1, kind="stable")
-        same_pid = gp[order] == qp[rows, None]
-        keep = ~(same_pid & (gc[order] == qc[rows, None]))
-        match = same_pid & keep
-        # Position of each kept item in the ranking after the same-camera removal (0-based).
-        kept_rank = np.cumsum(keep, axis=1) - 1
-        num_pos = match.sum(axis=1)
-        valid = num_pos > 0
-        if not valid.any():
-            continue
-        match, kept_rank, num_pos = match[valid], kept_rank[valid], num_pos[valid]
-        idx = np.arange(match.shape[0])
-        first_rank = kept_rank[idx, match.argmax(axis=1)]
-        last_rank = kept_rank[idx, num_g - 1 - match[:, ::-1].argmax(axis=1)]
-        first_hit_counts += np.bincount(np.minimum(first_rank, max_rank), minlength=max_rank + 1)
-        # Removed items before the first kept one have kept_rank -1; they never carry a match.
-        precision = np.cumsum(match, axis=1) / np.maximum(kept_rank + 1, 1)
-        ap_sum += float(((precision * match).sum(axis=1) / num_pos).sum())
-        inp_sum += float((num_pos / (last_rank + 1)).sum())
-        num_valid += int(match.shape[0])
+        first, ap, inp = _ranks_by_counting(dist[rows], qp[rows], gp, qc[rows], gc, by_pid, pid_sorted)
+        first_ranks.append(first)
+        aps.append(ap)
+        inps.append(inp)
+    first_rank = np.concatenate(first_ranks)
+    num_valid = int(first_rank.shape[0])
+    first_hit_counts = np.bincount(np.minimum(first_rank, max_rank), minlength=max_rank + 1)
+    ap_sum = float(np.concatenate(aps).sum())
+    inp_sum = float(np.concatenate(inps).sum())
 
     if num_valid == 0:
         raise ValueError(
@@ -157,3 +150,91 @@ def evaluate_rank(
         num_skipped_queries=num_q - num_valid,
     )
     return out
+
+
+def _ranks_sorted(
+    dist: np.ndarray, qp: np.ndarray, gp: np.ndarray, qc: np.ndarray, gc: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First-match rank, AP and INP of each valid query from a full stable argsort (exact reference path)."""
+    num_g = dist.shape[1]
+    order = np.argsort(dist, axis=1, kind="stable")
+    same_pid = gp[order] == qp[:, None]
+    keep = ~(same_pid & (gc[order] == qc[:, None]))
+    match = same_pid & keep
+    # Position of each kept item in the ranking after the same-camera removal (0-based).
+    kept_rank = np.cumsum(keep, axis=1) - 1
+    num_pos = match.sum(axis=1)
+    valid = num_pos > 0
+    match, kept_rank, num_pos = match[valid], kept_rank[valid], num_pos[valid]
+    idx = np.arange(match.shape[0])
+    first_rank = kept_rank[idx, match.argmax(axis=1)]
+    last_rank = kept_rank[idx, num_g - 1 - match[:, ::-1].argmax(axis=1)]
+    # Removed items before the first kept one have kept_rank -1; they never carry a match.
+    precision = np.cumsum(match, axis=1) / np.maximum(kept_rank + 1, 1)
+    ap = (precision * match).sum(axis=1) / num_pos
+    return first_rank.astype(np.int64), ap.astype(np.float64), (num_pos / (last_rank + 1)).astype(np.float64)
+
+
+def _ranks_by_counting(
+    dist: np.ndarray,
+    qp: np.ndarray,
+    gp: np.ndarray,
+    qc: np.ndarray,
+    gc: np.ndarray,
+    by_pid: np.ndarray,
+    pid_sorted: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First-match rank, AP and INP of each valid query of a block, without an argsort.
+
+    Only the ranks of the correct matches matter. With the K match distances of a query in
+    increasing order (m_0 <= ... <= m_K-1), match j sits at kept position
+    ``j + #(kept non-matches closer than m_j)``. Those counts are ``searchsorted`` of the K match
+    distances into the sorted non-match distances: sorting the values alone is about 10x faster
+    than the stable argsort a ranking needs (no index payload to move), and the search touches
+    only K items per query. A query's same-identity items (its matches and same-camera junk) are
+    read through the identity-grouped gallery order ``by_pid`` (``pid_sorted = gp[by_pid]``), so
+    no (queries x gallery) mask is built. Rows where a non-match ties a match distance (the
+    stable gallery order then decides) or holding a non-finite distance take the exact sorted
+    path, so results equal a stable argsort in every case.
+    """
+    lo = np.searchsorted(pid_sorted, qp, side="left")
+    count = np.searchsorted(pid_sorted, qp, side="right") - lo
+    # A non-finite value makes its row sum non-finite (a finite overflow only sends an exact row
+    # to the exact path), which is much cheaper than an isfinite pass over the block.
+    finite = np.isfinite(dist.sum(axis=1, dtype=np.float64))
+    present = count > 0
+    slow = present & ~finite
+    fast = np.flatnonzero(present & finite)
+    first = np.zeros(0, dtype=np.int64)
+    ap = inp = np.zeros(0, dtype=np.float64)
+    if fast.size:
+        k_same = int(count[fast].max())
+        slot = np.arange(k_same)[None, :]
+        in_group = slot < count[fast, None]
+        # Slots past a query's group repeat its first item, harmless for the +inf marking below.
+        same_idx = by_pid[lo[fast, None] + np.where(in_group, slot, 0)]
+        d = dist[fast]
+        same_d = np.take_along_axis(d, same_idx, axis=1)
+        is_match = in_group & (gc[same_idx] != qc[fast, None])
+        n_pos = is_match.sum(axis=1)
+        match_dist = np.sort(np.where(is_match, same_d, np.inf), axis=1)
+        others = d.copy()
+        np.put_along_axis(others, same_idx, np.inf, axis=1)  # matches and junk do not count
+        others.sort(axis=1)
+        others_t, match_t = torch.from_numpy(others), torch.from_numpy(match_dist)
+        closer = torch.searchsorted(others_t, match_t, side="left").numpy()
+        tied = torch.searchsorted(others_t, match_t, side="right").numpy() != closer
+        real = slot < n_pos[:, None]
+        # A query whose gallery holds only same-camera images of its identity has no match.
+        has_match = n_pos > 0
+        ok = has_match & ~(tied & real).any(axis=1)
+        rank = slot + closer  # 0-based kept position of match j
+        ap_all = ((slot + 1) / (rank + 1) * real).sum(axis=1) / np.maximum(n_pos, 1)
+        last = np.take_along_axis(rank, np.maximum(n_pos - 1, 0)[:, None], axis=1)[:, 0]
+        first, ap, inp = rank[ok, 0], ap_all[ok], (n_pos / (last + 1))[ok]
+        slow[fast[has_match & ~ok]] = True
+    if slow.any():
+        rows = np.flatnonzero(slow)
+        s_first, s_ap, s_inp = _ranks_sorted(dist[rows], qp[rows], gp, qc[rows], gc)
+        first, ap, inp = np.concatenate([first, s_first]), np.concatenate([ap, s_ap]), np.concatenate([inp, s_inp])
+    return first, ap.astype(np.float64), inp.astype(np.float64)

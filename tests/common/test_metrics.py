@@ -108,6 +108,30 @@ def test_roc_auc_matches_sklearn_with_ties_and_skips_undefined():
     )
 
 
+@pytest.mark.parametrize("layout", ["c_order", "fortran_order"])
+def test_ap_auc_large_input_parallel_path_matches_sklearn(layout, monkeypatch):
+    # >= 200,000 scores with 2 torch threads takes the thread-pool path; half the columns carry
+    # ties, one column is all-positive (AUC undefined), and a Fortran-ordered matrix takes the
+    # already-transposed branch.
+    rng = np.random.default_rng(7)
+    n, c = 20_000, 12
+    targets = (rng.random((n, c)) < 0.1).astype(np.int64)
+    scores = rng.normal(size=(n, c)) + targets
+    scores[:, ::2] = np.round(scores[:, ::2], 1)
+    targets[:, 5] = 1
+    if layout == "fortran_order":
+        scores = np.asfortranarray(scores)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    ap = average_precision(scores, targets)
+    auc = roc_auc_per_class(scores, targets)
+    for j in range(c):
+        assert ap[j] == pytest.approx(average_precision_score(targets[:, j], scores[:, j]), abs=1e-9)
+        if j == 5:
+            assert np.isnan(auc[j])
+        else:
+            assert auc[j] == pytest.approx(roc_auc_score(targets[:, j], scores[:, j]), abs=1e-9)
+
+
 def test_f1_matches_sklearn_zero_division_0():
     scores, targets = _tied_data(6)
     scores = scores / 2.0  # logits around 0, so the threshold splits them

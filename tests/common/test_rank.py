@@ -67,6 +67,38 @@ def test_evaluate_rank_matches_reference_loop_with_ties(seed, max_rank):
         assert out["cmc"][-1] == 1.0
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_evaluate_rank_sort_free_path_matches_loop_with_mixed_rows(dtype, monkeypatch):
+    # Continuous distances take the sort-free path; some rows get a non-match tied to a match
+    # distance, an infinite or a NaN distance, which take the exact sorted path; the result must
+    # equal the loop in every case, and both paths must really run.
+    rng = np.random.default_rng(11)
+    num_q, num_g = 30, 80
+    distmat = rng.random((num_q, num_g)).astype(dtype)
+    g_pids, g_camids = rng.integers(0, 6, size=num_g), rng.integers(0, 3, size=num_g)
+    q_pids, q_camids = rng.integers(0, 6, size=num_q), rng.integers(0, 3, size=num_q)
+    for row in (2, 7):  # a non-match at exactly a match's distance, listed before it
+        match = np.flatnonzero((g_pids == q_pids[row]) & (g_camids != q_camids[row]))[-1]
+        other = np.flatnonzero(g_pids != q_pids[row])[0]
+        distmat[row, other] = distmat[row, match]
+    distmat[4, 5], distmat[9, 1] = np.inf, np.nan
+    calls = {"sorted_rows": 0}
+    real_sorted = rank_mod._ranks_sorted
+
+    def counting(dist, *rest):
+        calls["sorted_rows"] += dist.shape[0]
+        return real_sorted(dist, *rest)
+
+    monkeypatch.setattr(rank_mod, "_ranks_sorted", counting)
+    out = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20)
+    cmc, m_ap, m_inp, valid, skipped = _reference(distmat, q_pids, g_pids, q_camids, g_camids, 20)
+    assert 4 <= calls["sorted_rows"] < valid  # rows 2, 4, 7, 9 exact, the others sort-free
+    assert out["num_valid_queries"] == valid and out["num_skipped_queries"] == skipped
+    np.testing.assert_allclose(out["cmc"], cmc, atol=1e-12)
+    assert out["mAP"] == pytest.approx(m_ap, abs=1e-12)
+    assert out["mINP"] == pytest.approx(m_inp, abs=1e-12)
+
+
 def test_evaluate_rank_block_processing_gives_same_result(monkeypatch):
     problem = _tied_problem(3, num_q=40)
     full = evaluate_rank(*problem)
