@@ -24,6 +24,7 @@ import importlib
 import json
 import math
 import sys
+import textwrap
 from argparse import ArgumentParser
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -212,7 +213,15 @@ def save_overlay_grid(rows: Sequence[Sequence[tuple[Any, Any, str]]], out: str |
     import torch.nn.functional as F
 
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, 2.7 * n_rows + 0.8), squeeze=False)
+    heading = textwrap.wrap(title, width=max(40, 30 * n_cols))
+    # room (inches) for the wrapped title and the tallest caption, so neither runs into a panel
+    cap_h = 0.04 + 0.13 * max(str(p[2]).count("\n") + 1 for r in rows for p in r)
+    head_h = 0.2 + 0.16 * len(heading)
+    first = np.asarray(rows[0][0][0])
+    panel_h = 2.0 * min(2.5, max(0.5, first.shape[0] / first.shape[1]))  # panels about as tall as the images
+    height = n_rows * (panel_h + cap_h) + head_h + 0.2
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, height), squeeze=False)
+    fig.subplots_adjust(top=1 - (head_h + cap_h) / height, bottom=0.2 / height, hspace=cap_h / panel_h)
     im = None
     for i, row in enumerate(rows):
         for j in range(n_cols):
@@ -231,9 +240,7 @@ def save_overlay_grid(rows: Sequence[Sequence[tuple[Any, Any, str]]], out: str |
             ax.set_title(caption, fontsize=7)
     if im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.02, label=f"{map_label}, min-max scaled per panel")
-    import textwrap
-
-    fig.suptitle("\n".join(textwrap.wrap(title, width=max(40, 30 * n_cols))), fontsize=9)
+    fig.suptitle("\n".join(heading), fontsize=9, y=1 - 0.1 / height, va="top")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
     plt.close(fig)
