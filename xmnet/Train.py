@@ -25,7 +25,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.cli import run_main
+from common.cli import run_main, str2bool
 from xmnet import engine_xmnet
 from xmnet.backboneModels import BACKBONES
 from xmnet.engine_xmnet import attention_of
@@ -103,6 +103,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="BCE target: mask > 0 (binary) or the raw pixel values as the original (default: binary)")
     g.add_argument("--save_masks", type=int, default=-1,
                    help="test images whose predicted mask is saved as a PNG overlay; -1 = all (default: -1)")
+    g.add_argument("--plots", default=True, type=str2bool,
+                   help="draw the run's pictures at the end: curves, attention / vein-mask overlays of a few test "
+                        "leaves (python -m common.plots OUTPUT_DIR redraws them) (default: true)")
 
     g = p.add_argument_group("XGBoost + Optuna stage")
     g.add_argument("--xgb_stage", action=argparse.BooleanOptionalAction, default=None,

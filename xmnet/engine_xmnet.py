@@ -5,7 +5,8 @@ segmentation training through ``common.engine.fit`` (SGD momentum 0.9, weight de
 ``--max_epoch`` stepped per epoch: ``common.schedule.EpochCosineSchedule``), selection of the checkpoint
 by the lowest training CE (the original) or on a validation part (``--select_on val``), the test
 evaluation, then the XGBoost + Optuna stage on the attention-modulated pooled features (rank 0 only),
-the original's result files, predicted-mask overlays and ``metrics.json``.
+the original's result files, predicted-mask overlays and ``metrics.json``, then (``--plots``) the run's
+pictures through ``common.plots``.
 
 Here: ``XMNetTask`` (the training step and its per-epoch sums), ``EpochHooks``, ``make_metric_fn``,
 ``load_model_path``, ``extract_features``, ``main``, ``xgboost_stage``, ``save_predicted_masks``,
@@ -315,7 +316,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         xgb_summary = xgboost_stage(args, model, train_set, test_set, root, ctx, out_dir, name)
     if args.seg_included and args.save_masks != 0:
         save_predicted_masks(model, test_set, out_dir / "predicted_masks", args.save_masks, ctx)
-    return finish_outputs(args, run, summary, test, xgb_summary, model, name, out_dir)
+    summary = finish_outputs(args, run, summary, test, xgb_summary, model, name, out_dir)
+    if args.plots:  # after metrics.json and best_model.pth, which the pictures are drawn from
+        from common.plots import plot_run_at_end
+
+        plot_run_at_end(out_dir, "xmnet")  # a failure is one warning line, never a failed run
+    return summary
 
 
 def xgboost_stage(args: argparse.Namespace, model: XMNetModel, train_set: LeafVeinDataset,
