@@ -181,8 +181,10 @@ def overlays(run_dir: Path, *, n_images: int = 4) -> list[Path]:
     names = []
     for i, it in zip(idx, items):
         rec = eval_ds.records[i]
-        truth = (f"true: {_short(class_names[it[1]])}" if class_names else f"class {it[1]}") if cfg.task_type == "fgvc" \
-            else f"query: id {rec.pid}, camera {rec.camid}"
+        if cfg.task_type == "reid":
+            truth = f"query: id {rec.pid}, camera {rec.camid}"
+        else:
+            truth = f"true: {_short(class_names[it[1]])}" if class_names else f"true: class {it[1]}"
         names.append(f"{_short(Path(rec.path).name, 30)}\n{truth}")
     display = [denormalize(x, mean, std).astype(np.float32) / 255.0 for x in images]
     kind = "FGVC" if cfg.task_type == "fgvc" else "re-ID"
