@@ -98,7 +98,8 @@ def _loaders(args: argparse.Namespace, split, batch_size: int, ctx: DistContext,
 def _settings(args: argparse.Namespace) -> StageSettings:
     return StageSettings(amp=args.amp, min_delta=args.min_delta, patience=args.patience if args.patience > 0 else None,
                          with_opt=True, discriminative_lr=args.discriminative_lr,
-                         class_names=config.DISEASE_LABELS, progress=not args.no_progress, seed=args.seed)
+                         class_names=config.DISEASE_LABELS, progress=not args.no_progress, seed=args.seed,
+                         compile=args.compile)
 
 
 def _find_lr(args: argparse.Namespace, task: CharmTask, optimizer, loader, exp_dir: Path, ctx: DistContext) -> float:

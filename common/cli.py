@@ -75,6 +75,14 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     raise ValueError(f"--amp: unknown value '{amp}' (choose from none, bf16, fp16, auto)")
 
 
+def add_compile_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--compile [true|false]``: torch.compile the training step and the evaluation forward (ours)."""
+    parser.add_argument(
+        "--compile", type=str2bool, nargs="?", const=True, default=False,
+        help="torch.compile the training step (model + loss) and the evaluation forward; the first steps "
+             "compile (minutes on a CPU, cached afterwards); not in the original (default: false)")
+
+
 def warn_unused_flag(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str, why: str) -> None:
     """Log a warning when a flag kept only for command-line compatibility is set to a non-default."""
     if getattr(args, name) != parser.get_default(name):

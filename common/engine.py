@@ -93,6 +93,8 @@ class FitConfig:
     after the checkpoint's epoch. ``skip_nonfinite`` skips (and counts, ``train_nonfinite_skipped``) a
     batch whose loss is NaN/Inf instead of stopping. ``trainer`` names the entry script in checkpoints
     (default: detected from ``__main__``), so resuming another trainer's checkpoint is reported as such.
+    ``compile`` runs the training step (task forward + loss) and the evaluation forward through
+    ``torch.compile`` (the checkpoints still hold the plain modules' keys).
     """
 
     epochs: int
@@ -123,6 +125,7 @@ class FitConfig:
     skip_nonfinite: bool = False
     fresh_csv: bool = True
     trainer: str | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.monitor_mode not in ("max", "min"):
@@ -330,8 +333,9 @@ def train_one_epoch(
                     _set_momentum(group, momentum_for(state.update))
         batch = to_device(batch, device)
         sync = nullcontext()
-        if isinstance(task, DistributedDataParallel) and not boundary:
-            sync = task.no_sync()
+        ddp = getattr(task, "_orig_mod", task)  # under torch.compile the DDP module is wrapped
+        if isinstance(ddp, DistributedDataParallel) and not boundary:
+            sync = ddp.no_sync()
         with sync:
             with _autocast(device, amp_dtype):
                 out = task(batch)
@@ -534,6 +538,17 @@ def fit(
             find_unused_parameters=config.find_unused_parameters,
         )
 
+    eval_model: nn.Module = task.model
+    eval_ema_model: nn.Module | None = ema.module if ema is not None else None
+    if config.compile:
+        # Compiled wrappers share the parameters; only the plain modules are ever saved, so checkpoint
+        # keys carry no ``_orig_mod.`` prefix. DDP is wrapped first, as torch's DDP + dynamo notes ask.
+        train_module = torch.compile(train_module)
+        eval_model = torch.compile(task.model)
+        if eval_ema_model is not None and config.eval_ema:
+            eval_ema_model = torch.compile(eval_ema_model)
+        _logger.info("torch.compile: on; the first training and evaluation steps compile (minutes on a CPU)")
+
     for cb in callbacks:
         if hasattr(cb, "on_fit_start"):
             cb.on_fit_start(state)
@@ -551,11 +566,11 @@ def fit(
         record: dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()}}
         if data_loader_val is not None and metric_fn is not None:
             if config.eval_live:
-                val = evaluate(task.model, data_loader_val, predict_fn=task.predict, metric_fn=metric_fn, ctx=ctx,
+                val = evaluate(eval_model, data_loader_val, predict_fn=task.predict, metric_fn=metric_fn, ctx=ctx,
                                amp_dtype=amp_dtype)
                 record.update({f"val_{k}": v for k, v in val.items()})
             if config.eval_ema:
-                val_ema = evaluate(ema.module, data_loader_val, predict_fn=task.predict, metric_fn=metric_fn,
+                val_ema = evaluate(eval_ema_model, data_loader_val, predict_fn=task.predict, metric_fn=metric_fn,
                                    ctx=ctx, amp_dtype=amp_dtype)
                 record.update({f"val_{k}_ema": v for k, v in val_ema.items()})
         record["epoch_time"] = time.time() - t0

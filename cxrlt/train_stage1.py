@@ -118,7 +118,7 @@ def main(args: argparse.Namespace) -> dict:
         head_weight_decay=args.weight_decay, sched_warmup_epochs=0, min_lr_factor=args.min_lr_factor,
         ema_decay=args.ema_decay, clip_grad=args.max_grad_norm if args.max_grad_norm > 0 else None, amp=args.amp,
         ckpt_best="best_convnext_model.pth", resume=args.resume, warmup_best_is_bar=False,
-        class_names=MIMIC_CLASSES, skip_nonfinite=args.skip_nonfinite,
+        class_names=MIMIC_CLASSES, skip_nonfinite=args.skip_nonfinite, compile=args.compile,
     )
     summary = two_phase_fit(task, loader_train, loader_val, settings=settings, ctx=ctx, run=run,
                             output_dir=args.output_dir, args=args)

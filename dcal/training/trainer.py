@@ -210,7 +210,8 @@ def train_from_config(cfg: ExperimentConfig, *, task_type: str, gpu: int = 0, re
         task_type: what the calling script trains ("fgvc" or "reid"); must equal ``cfg.task_type``.
         gpu: CUDA device index used when ``cfg.device`` is "cuda".
         resume: checkpoint file/folder, "auto", or None.
-        extra_args: command-line values stored with the resolved config in ``args.json``.
+        extra_args: command-line values stored with the resolved config in ``args.json``; its
+            ``compile`` (``--compile``) turns torch.compile on.
 
     Returns:
         The content of ``metrics.json`` (see ``common.engine.fit``).
@@ -259,6 +260,7 @@ def train_from_config(cfg: ExperimentConfig, *, task_type: str, gpu: int = 0, re
         epochs=t.num_epochs, output_dir=cfg.save_dir, amp=t.amp, clip_grad=t.clip_grad, accum_steps=t.accum_steps,
         monitor="acc1" if cfg.task_type == "fgvc" else "mAP", monitor_mode="max", resume=resume,
         class_names=class_names, dataset=cfg.data.dataset_name, find_unused_parameters=False,
+        compile=bool((extra_args or {}).get("compile", False)),
     )
     metric_fn = fgvc_metrics if cfg.task_type == "fgvc" else reid_metrics
     return fit(task, optimizer, loader_train, config=config, ctx=ctx, run=run, schedule=schedule,

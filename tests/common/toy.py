@@ -35,7 +35,7 @@ def toy_metric(out):
 
 
 def run_toy(output_dir, *, ctx, epochs=4, batch_size=8, resume=None, ema=True, stop_after_epoch=None,
-            nan_at_epoch=None, dropout=0.2, num_workers=0, monitor="acc", patience=None):
+            nan_at_epoch=None, dropout=0.2, num_workers=0, monitor="acc", patience=None, compile=False):
     """Train the toy model; returns (task, summary). ``stop_after_epoch`` simulates a kill."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 3)).to(ctx.device)
@@ -54,7 +54,7 @@ def run_toy(output_dir, *, ctx, epochs=4, batch_size=8, resume=None, ema=True, s
         task.nan_at_epoch = nan_at_epoch
         callbacks.append(_PoisonLoss(nan_at_epoch))
     config = FitConfig(epochs=epochs, output_dir=output_dir, monitor=monitor, eval_ema=ema, resume=resume,
-                       patience=patience, progress=False)
+                       patience=patience, progress=False, compile=compile)
     run = RunDir(output_dir, {"toy": True}, ctx)
     summary = fit(task, opt, loader, config=config, ctx=ctx, run=run, schedule=sched, data_loader_val=val,
                   metric_fn=toy_metric, ema=model_ema, callbacks=callbacks)
