@@ -66,7 +66,15 @@ def run(ctx: Ctx) -> None:
     fl = 3 * forward_flops(lambda: model(x))
     ctx.measure(SECTION, "DCAL SA+GLCA+PWCA train step", train_step_fn(task, lambda: task((x, y))["loss"], amp=None,
                                                                        device=dev),
-                items=b, flops=fl, ref=ref, note=f"target: <= time of depth {depth + 2} ('two extra blocks')")
+                items=b, flops=fl, ref=ref, note=f"target: <= time of depth {depth + 2} ('two extra blocks'); PWCA = {depth} more blocks")
+    # Decomposition: PWCA is a second pass of the target through all T = L blocks (weights shared, keys
+    # of target + distractor), so it costs about one more backbone step by construction.
+    model_sa = DualAttentionModel(create_backbone(name, img_size=(img, img), patch_size=patch, depth=depth), 200,
+                                  task_type="fgvc", top_k_ratio=0.1, use_pwca=False).to(dev)
+    task_sa = DCALTask(model_sa).to(dev).train()
+    ctx.measure(SECTION, "DCAL SA+GLCA train step (PWCA off)",
+                train_step_fn(task_sa, lambda: task_sa((x, y))["loss"], amp=None, device=dev), items=b, ref=ref,
+                note=f"the part the 'two extra blocks' target can apply to (<= depth {depth + 2})")
     model.eval()
     with torch.no_grad():
         ctx.measure(SECTION, "DCAL eval inference (PWCA off)", lambda: model(x), items=b,

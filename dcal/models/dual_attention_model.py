@@ -112,13 +112,16 @@ class DualAttentionModel(nn.Module):
         """
         vit = self.backbone
         x = embed_tokens(vit, images)
-        layer_inputs: list[Tensor] = []
+        pwca = self.training and self.use_pwca
+        first_input = x
+        layer_kv: list[tuple[Tensor, Tensor]] = []
         rollout = None
         glca_input = x
         for blk in vit.blocks:
-            layer_inputs.append(x)
             glca_input = x  # ends as the input of the last SA block, which GLCA runs beside
-            x, probs = sa_block_forward(blk, x)
+            x, probs, kv = sa_block_forward(blk, x)
+            if pwca:
+                layer_kv.append(kv)
             rollout = rollout_update(rollout, probs)
         out: dict[str, Tensor] = {}
         self._head(self.sa_head, vit.norm(x)[:, 0], out, "sa")
@@ -127,11 +130,11 @@ class DualAttentionModel(nn.Module):
         out["glca_idx"] = idx
         if self.glca is not None:
             self._head(self.glca_head, self.glca(glca_input, idx)[:, 0], out, "glca")
-        if self.training and self.use_pwca:
+        if pwca:
             distractor = sample_distractors(images.shape[0], images.device)
-            y = layer_inputs[0]
-            for blk, h in zip(vit.blocks, layer_inputs, strict=True):
-                y = pwca_block_forward(blk, y, h[distractor])
+            y = first_input
+            for blk, (k, v) in zip(vit.blocks, layer_kv, strict=True):
+                y = pwca_block_forward(blk, y, (k[distractor], v[distractor]))
             self._head(self.sa_head, vit.norm(y)[:, 0], out, "pwca", update_stats=False)
             out["pwca_distractor"] = distractor
         out["embedding"] = self._embedding(out)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dcal.models.attention.pwca import pwca_block_forward, sample_distractors
+from dcal.models.attention.self_attention import block_kv
 from dcal.models.backbones.timm_wrapper import SUPPORTED_BACKBONES, create_backbone
 from dcal.models.dual_attention_model import DualAttentionModel
 from dcal.utils.attention_rollout import attention_rollout, num_local_queries, select_top_patches
@@ -109,7 +110,7 @@ def test_pwca_concatenates_target_and_distractor_keys():
     torch.manual_seed(0)
     blk = _tiny_backbone().blocks[0].eval()
     x1, x2 = torch.randn(1, 17, 192), torch.randn(1, 17, 192)
-    got = pwca_block_forward(blk, x1, x2)
+    got = pwca_block_forward(blk, x1, block_kv(blk, x2))
     w, bias = blk.attn.qkv.weight, blk.attn.qkv.bias
     h1, h2 = blk.norm1(x1[0]), blk.norm1(x2[0])
     q = (h1 @ w[:192].T + bias[:192]).view(17, 3, 64).transpose(0, 1)
@@ -119,6 +120,34 @@ def test_pwca_concatenates_target_and_distractor_keys():
     y = x1[0] + blk.attn.proj((att @ v).transpose(0, 1).reshape(17, 192))
     y = y + blk.mlp(blk.norm2(y))
     torch.testing.assert_close(got[0], y, rtol=1e-4, atol=1e-5)
+
+
+def test_model_pwca_branch_uses_each_layer_sa_tokens_of_the_distractor(monkeypatch):
+    # Paper: at layer l the target's PWCA tokens attend over [its own; the distractor's layer-l SA]
+    # keys/values. Reference: run timm's own blocks for the SA hidden states, then project the
+    # distractor's hidden states at every layer (the model re-uses the SA branch's k/v instead).
+    import dcal.models.dual_attention_model as dam
+
+    torch.manual_seed(0)
+    model = DualAttentionModel(_tiny_backbone(depth=3), 5).train()
+    for m in model.modules():  # no dropout / drop path, so train mode is deterministic
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    distractor = torch.tensor([2, 0, 1])
+    monkeypatch.setattr(dam, "sample_distractors", lambda b, device: distractor)
+    images = torch.randn(3, 3, 32, 32)
+    got = model(images)["pwca_logits"]
+    vit = model.backbone
+    h = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
+    hidden = []
+    for blk in vit.blocks:
+        hidden.append(h)
+        h = blk(h)
+    y = hidden[0]
+    for blk, h_l in zip(vit.blocks, hidden, strict=True):
+        y = pwca_block_forward(blk, y, block_kv(blk, h_l[distractor]))
+    ref = model.sa_head(vit.norm(y)[:, 0])
+    torch.testing.assert_close(got, ref if isinstance(ref, torch.Tensor) else ref[1], rtol=1e-4, atol=1e-5)
 
 
 def test_distractor_is_never_the_image_itself():

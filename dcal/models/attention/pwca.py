@@ -13,26 +13,35 @@ so an image is never its own distractor; the replication used a plain permutatio
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import Tensor
 
-from dcal.models.attention.self_attention import attend, split_qkv
+from dcal.models.attention.self_attention import split_qkv
 
 
-def pwca_block_forward(block: Block, x: Tensor, distractor: Tensor) -> Tensor:
+def pwca_block_forward(block: Block, x: Tensor, distractor_kv: tuple[Tensor, Tensor]) -> Tensor:
     """One PWCA layer with the SA block's weights.
 
     Args:
         block: the SA block of this layer (weights shared).
         x: target tokens in the PWCA path (B, N+1, D).
-        distractor: distractor tokens at the same layer of their SA path (B, N+1, D).
+        distractor_kv: the distractors' keys and values at this layer of their SA path
+            (B, h, N+1, d each): what ``sa_block_forward`` computed, indexed by distractor, so the
+            same projection is not run twice (values and gradients are those of projecting the
+            distractor's SA tokens here).
 
     Returns:
         Target tokens after the layer (B, N+1, D).
     """
-    q1, k1, v1 = split_qkv(block.attn, block.norm1(x))
-    _, k2, v2 = split_qkv(block.attn, block.norm1(distractor))
-    out, _ = attend(block.attn, q1, torch.cat([k1, k2], dim=2), torch.cat([v1, v2], dim=2))
+    attn = block.attn
+    q1, k1, v1 = split_qkv(attn, block.norm1(x))
+    k2, v2 = distractor_kv
+    # No attention map is needed here (rollout reads SA only), so the fused kernel can be used.
+    out = F.scaled_dot_product_attention(q1, torch.cat([k1, k2], dim=2), torch.cat([v1, v2], dim=2),
+                                         dropout_p=attn.attn_drop.p if block.training else 0.0, scale=attn.scale)
+    b, _, n, _ = q1.shape
+    out = attn.proj_drop(attn.proj(attn.norm(out.transpose(1, 2).reshape(b, n, attn.attn_dim))))
     x = x + block.drop_path1(block.ls1(out))
     return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
 

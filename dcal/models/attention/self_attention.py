@@ -55,17 +55,25 @@ def attend(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Te
     return out, probs
 
 
-def sa_block_forward(block: Block, x: Tensor) -> tuple[Tensor, Tensor]:
+def sa_block_forward(block: Block, x: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
     """One SA block (identical maths to timm's ``Block.forward``) that also returns the attention.
 
     Returns:
-        ``(tokens, probs)`` with tokens (B, N, D) and probs (B, h, N, N).
+        ``(tokens, probs, (k, v))`` with tokens (B, N, D), probs (B, h, N, N) and the layer's keys
+        and values (B, h, N, d each), which PWCA re-uses for the distractor instead of projecting
+        the same hidden states again.
     """
     q, k, v = split_qkv(block.attn, block.norm1(x))
     out, probs = attend(block.attn, q, k, v)
     x = x + block.drop_path1(block.ls1(out))
     x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
-    return x, probs
+    return x, probs, (k, v)
+
+
+def block_kv(block: Block, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Keys and values (B, h, N, d) of tokens ``x`` at ``block`` (what ``sa_block_forward`` returns)."""
+    _, k, v = split_qkv(block.attn, block.norm1(x))
+    return k, v
 
 
 def embed_tokens(vit: torch.nn.Module, images: Tensor) -> Tensor:
