@@ -213,6 +213,10 @@ def save_overlay_grid(rows: Sequence[Sequence[tuple[Any, Any, str]]], out: str |
     import torch.nn.functional as F
 
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    # a 2.6-inch panel holds about 44 characters at font size 7: wrap longer caption lines so
+    # neighbouring captions never run into each other
+    rows = [[(img, heat, "\n".join(textwrap.fill(line, 44) for line in str(cap).split("\n")))
+             for img, heat, cap in row] for row in rows]
     heading = textwrap.wrap(title, width=max(40, 30 * n_cols))
     # room (inches) for the wrapped title and the tallest caption, so neither runs into a panel
     cap_h = 0.04 + 0.13 * max(str(p[2]).count("\n") + 1 for r in rows for p in r)
