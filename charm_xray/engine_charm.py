@@ -185,13 +185,14 @@ def _load_best(task: Task, optimizer: torch.optim.Optimizer, path: Path, with_op
     return ckpt
 
 
-def _finished(stage_dir: Path, epochs: int) -> bool:
-    """A killed stage whose last checkpoint already ends the fit (last epoch or early stop)."""
+def _epochs_to_fit(stage_dir: Path, epochs: int) -> int:
+    """``epochs``, or the epochs a killed stage ran when its last checkpoint says it stopped early, so
+    that ``fit`` resuming it trains nothing (it does not stop again on a restored ``stopped_early``)."""
     last = stage_dir / "checkpoint_last.pth"
     if not last.is_file():
-        return False
+        return epochs
     ckpt = load_checkpoint(last)
-    return bool(ckpt.get("stopped_early")) or int(ckpt.get("epoch", -1)) + 1 >= epochs
+    return int(ckpt["epoch"]) + 1 if ckpt.get("stopped_early") else epochs
 
 
 def fit_one_cycle(stage_dir: Path, task: Task, optimizer: torch.optim.Optimizer, loader_train, loader_valid, *,
@@ -203,7 +204,7 @@ def fit_one_cycle(stage_dir: Path, task: Task, optimizer: torch.optim.Optimizer,
     stage_dir = Path(stage_dir)
     done = stage_dir / STAGE_DONE
     best = stage_dir / "checkpoint_best.pth"
-    if done.is_file() or _finished(stage_dir, epochs):
+    if done.is_file():
         _logger.info("stage %s already finished: loading its best epoch", stage_dir.name)
         _load_best(task, optimizer, best, settings.with_opt)
         return json.loads((stage_dir / "metrics.json").read_text()) if (stage_dir / "metrics.json").is_file() else {}
@@ -213,7 +214,11 @@ def fit_one_cycle(stage_dir: Path, task: Task, optimizer: torch.optim.Optimizer,
                                 div_final=div_final)
     seed_everything(settings.seed + stage_seed + ctx.rank)
     run = RunDir(stage_dir, args, ctx)
-    config = FitConfig(epochs=epochs, output_dir=stage_dir, amp=settings.amp, monitor="loss", monitor_mode="min",
+    # a killed stage whose last checkpoint already ends the fit still goes through ``fit``: it trains
+    # nothing, rebuilds a best checkpoint the kill left unwritten (a kill between the two writes of the
+    # final epoch) and writes the stage's metrics.json
+    config = FitConfig(epochs=_epochs_to_fit(stage_dir, epochs), output_dir=stage_dir, amp=settings.amp,
+                       monitor="loss", monitor_mode="min",
                        min_delta=settings.min_delta, patience=settings.patience, resume="auto",
                        class_names=list(settings.class_names), dataset="chestxray14", progress=settings.progress,
                        compile=settings.compile)
