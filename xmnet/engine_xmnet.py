@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -221,6 +222,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     ctx = init_distributed(args.device)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
+    # its state is saved in every checkpoint too: seeded, two runs with one seed write identical checkpoints
+    random.seed(args.seed)
     name = run_name(args)
     out_dir = Path(args.output_dir or Path("output") / args.backbone_class / name)
     run = RunDir(out_dir, args, ctx)

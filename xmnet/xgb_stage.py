@@ -16,7 +16,13 @@ Two protocols (``eval_on``):
 Both protocols report ``best_accuracy`` (test accuracy of the best trial) and ``overall_best`` (max
 over trials, optimistic) as the original logs do. The study lives in Optuna storage (SQLite in the
 output folder by default), so a killed study resumes with its finished trials; ``n_trials`` is the
-total number of finished trials wanted.
+total number of finished trials wanted. The sampler's random state is not in the storage, so with
+``n_jobs=1`` the TPE sampler of each trial is seeded from ``(seed, finished trials so far)``: a resumed
+study suggests what the uninterrupted one would have (a fresh ``TPESampler(seed)`` would repeat the
+first trials' random start-up points). A trial cut short by a kill keeps its number and is marked failed
+(default storage only: a shared ``storage`` may hold other processes' running trials), so the trial
+numbers after it are one higher than in an uninterrupted study; parameters, values and the best trial's
+result are the same.
 """
 
 from __future__ import annotations
@@ -56,6 +62,11 @@ class FeatureSet:
 def sqlite_url(path: str | Path) -> str:
     """Optuna RDB URL of a SQLite file."""
     return f"sqlite:///{Path(path).resolve()}"
+
+
+def trial_seed(seed: int, finished: int) -> int:
+    """Seed of the sampler for the trial that follows ``finished`` finished trials."""
+    return int(np.random.SeedSequence([seed, finished]).generate_state(1)[0])
 
 
 def suggest_params(trial: Any) -> dict[str, float]:
@@ -144,6 +155,7 @@ def run_study(
         raise ValueError(f"--n_trials must be >= 1, got {n_trials}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    own_storage = storage is None
     storage = storage or sqlite_url(out / "optuna_study.db")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -152,6 +164,19 @@ def run_study(
     except Exception as exc:  # bad URL, unreachable database: one line naming the flag
         raise ValueError(f"--optuna_storage {storage}: cannot open the study ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    complete_state = optuna.trial.TrialState.COMPLETE
+    if own_storage:  # only this run writes its folder's study: a running trial there was cut short by a kill
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+            _logger.warning("optuna trial %d was interrupted by a kill: marked failed (the next trial gets its "
+                            "suggestion)", t.number)
+
+    def seed_sampler(study: Any, _trial: Any = None) -> None:
+        finished = len(study.get_trials(deepcopy=False, states=(complete_state,)))
+        study.sampler = optuna.samplers.TPESampler(seed=trial_seed(seed, finished))
+
+    # parallel trials (n_jobs > 1) would share a seed; their order is not reproducible anyway
+    seeding = [seed_sampler] if n_jobs == 1 else []
     get_train = train if callable(train) else (lambda: train)
     fixed_train = None if callable(train) else train
 
@@ -170,15 +195,17 @@ def run_study(
             value = log_loss(_proba(booster, tr.x), tr.y)
         return value
 
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    done = [t for t in study.trials if t.state == complete_state]
     remaining = n_trials - len(done)
     if done:
         _logger.info("optuna study '%s' in %s: %d finished trials found, running %d more", study_name, storage,
                      len(done), max(0, remaining))
     if remaining > 0:
-        study.optimize(objective, n_trials=remaining, n_jobs=n_jobs, callbacks=list(callbacks),
+        for reseed in seeding:
+            reseed(study)
+        study.optimize(objective, n_trials=remaining, n_jobs=n_jobs, callbacks=[*seeding, *callbacks],
                        gc_after_trial=False)
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    complete = [t for t in study.trials if t.state == complete_state]
     best = study.best_trial
     best_acc = float(best.user_attrs["test_accuracy"])
     overall = max(complete, key=lambda t: t.user_attrs["test_accuracy"])
