@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,3 +76,21 @@ def ckpt_epoch(path: Path) -> int:
 
 def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+# spawned trainers get one thread each (the machine is shared), and the repository on their path
+KILL_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def run_killer(point: str, epoch: int, module: str, argv: list[str], *, timeout: float = 900,
+               **env: str) -> subprocess.CompletedProcess:
+    """``python -m tests.reliability.killer POINT EPOCH MODULE ARGV`` (see ``killer.py``); ``env`` adds
+    ``KILL_FILES``/``KILL_DIR``."""
+    return subprocess.run([sys.executable, "-m", "tests.reliability.killer", point, str(epoch), module, *argv],
+                          cwd=ROOT, env={**os.environ, **KILL_ENV, **env}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def was_killed(proc: subprocess.CompletedProcess) -> bool:
+    return proc.returncode == -signal.SIGKILL

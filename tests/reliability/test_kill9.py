@@ -5,30 +5,22 @@ no temporary file is left. The toy cases run in CI; every trainer is covered by 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.reliability.helpers import csv_epochs, same_weights
+from tests.reliability.helpers import csv_epochs, run_killer, same_weights, was_killed
 
-ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 POINTS = ("before_last", "before_best", "during_last")
 
 
 def _run(point: str, epoch: int, module: str, argv: list[str], *, kill_files: str = "") -> subprocess.CompletedProcess:
-    env = {**ENV, "KILL_FILES": kill_files}
-    return subprocess.run([sys.executable, "-m", "tests.reliability.killer", point, str(epoch), module, *argv],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return run_killer(point, epoch, module, argv, timeout=600, KILL_FILES=kill_files)
 
 
-def _killed(proc: subprocess.CompletedProcess) -> bool:
-    return proc.returncode == -signal.SIGKILL
+_killed = was_killed
 
 
 def _load(path: Path) -> dict:
