@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +45,27 @@ def test_read_only_output_folder_is_refused(tmp_path):
             prepare_output_dir(out)
     finally:
         out.chmod(0o700)
+
+
+@pytest.mark.parametrize("err, kind", [(errno.EROFS, OSError), (errno.EACCES, PermissionError)])
+def test_output_folder_refusing_new_files_is_refused_even_as_root(tmp_path, monkeypatch, err, kind):
+    """The read-only case without permission bits (which root ignores): the file system refuses to create
+    files in the folder, as a read-only mount (EROFS) or an ACL/LSM denial (EACCES) would."""
+    out = tmp_path / "ro"
+    out.mkdir()
+    real_open = os.open
+
+    def refuse(path, flags, *args, **kwargs):
+        if Path(path).parent == out and flags & os.O_CREAT:
+            raise OSError(err, os.strerror(err), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(kind) as exc:
+        RunDir(out, {"a": 1})
+    assert str(exc.value) == f"--output_dir {out}: the output folder is not writable ({os.strerror(err)})"
+    monkeypatch.setattr(os, "open", real_open)
+    assert list(out.iterdir()) == []  # nothing written (no args.json, no log) before the refusal
 
 
 def test_dcal_save_dir_below_a_file_is_one_line_naming_the_config_key(tmp_path, capsys, monkeypatch):
