@@ -175,6 +175,7 @@ class StageSettings:
     progress: bool = True
     seed: int = 85
     compile: bool = False
+    channels_last: bool | None = None
 
 
 def _load_best(task: Task, optimizer: torch.optim.Optimizer, path: Path, with_opt: bool) -> dict:
@@ -221,7 +222,7 @@ def fit_one_cycle(stage_dir: Path, task: Task, optimizer: torch.optim.Optimizer,
                        monitor="loss", monitor_mode="min",
                        min_delta=settings.min_delta, patience=settings.patience, resume="auto",
                        class_names=list(settings.class_names), dataset="chestxray14", progress=settings.progress,
-                       compile=settings.compile)
+                       compile=settings.compile, channels_last=settings.channels_last)
     lrs = sorted({round(g["lr_max"], 12) for g in optimizer.param_groups})
     _logger.info("stage %s: fit_one_cycle(%d, lr_max %s, pct_start %.2f, div %g)", stage_dir.name, epochs, lrs,
                  pct_start, div)

@@ -99,7 +99,7 @@ def _settings(args: argparse.Namespace) -> StageSettings:
     return StageSettings(amp=args.amp, min_delta=args.min_delta, patience=args.patience if args.patience > 0 else None,
                          with_opt=True, discriminative_lr=args.discriminative_lr,
                          class_names=config.DISEASE_LABELS, progress=not args.no_progress, seed=args.seed,
-                         compile=args.compile)
+                         compile=args.compile, channels_last=args.channels_last)
 
 
 def _find_lr(args: argparse.Namespace, task: CharmTask, optimizer, loader, exp_dir: Path, ctx: DistContext) -> float:

@@ -20,7 +20,7 @@ from charm_xray import config  # noqa: E402
 from charm_xray.data import SPLITS  # noqa: E402
 from charm_xray.losses import AsymmetricLoss, ChestXrayLoss  # noqa: E402
 from charm_xray.models.chest_xray_model import MODEL_NAMES, describe_model_names  # noqa: E402
-from common.cli import add_compile_flag, run_main, str2bool  # noqa: E402
+from common.cli import add_channels_last_flag, add_compile_flag, run_main, str2bool  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -122,6 +122,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="mixed precision (the original's to_fp16); auto: fp16/bf16 on CUDA, bf16 on CPUs with "
                         "native bf16, else fp32 (default: auto)")
     add_compile_flag(g)
+    add_channels_last_flag(g)
     g.add_argument("--keep_stage_checkpoints", default=False, type=str2bool,
                    help="keep each fit's training checkpoints after the setting finished (default: false; "
                         "models/phase1_<exp>.pth and final_<exp>.pth are always kept)")

@@ -83,6 +83,18 @@ def add_compile_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) 
              "compile (minutes on a CPU, cached afterwards); not in the original (default: false)")
 
 
+def _auto_bool(value: str) -> bool | None:
+    return None if str(value).strip().lower() == "auto" else str2bool(value)
+
+
+def add_channels_last_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--channels_last auto|true|false``: NHWC image batches (auto: under bf16 autocast on a CPU)."""
+    parser.add_argument(
+        "--channels_last", type=_auto_bool, default=None, metavar="{auto,true,false}",
+        help="lay image batches out as NHWC (channels_last); auto = on under bf16 autocast on a CPU, where "
+             "oneDNN's bf16 convolutions are much faster in NHWC; not in the original (default: auto)")
+
+
 def warn_unused_flag(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str, why: str) -> None:
     """Log a warning when a flag kept only for command-line compatibility is set to a non-default."""
     if getattr(args, name) != parser.get_default(name):

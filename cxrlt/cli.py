@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from common.cli import add_compile_flag, str2bool
+from common.cli import add_channels_last_flag, add_compile_flag, str2bool
 from cxrlt.data import BAD_IMAGE_POLICIES
 
 _Group = argparse._ArgumentGroup
@@ -37,6 +37,7 @@ def add_phase_args(g: _Group) -> None:
     g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="fp16",
                    help="autocast dtype; fp16 becomes bf16 on CPU (default: fp16)")
     add_compile_flag(g)
+    add_channels_last_flag(g)
     g.add_argument("--skip_nonfinite", type=str2bool, default=False,
                    help="skip (and count, train_nonfinite_skipped) batches whose loss is NaN/Inf, as the original "
                         "loop does; false stops with an error naming the step (default: false)")

@@ -184,6 +184,7 @@ class PhaseSettings:
     class_names: Sequence[str] = field(default_factory=tuple)
     skip_nonfinite: bool = False
     compile: bool = False
+    channels_last: bool | None = None
 
 
 def _set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
@@ -221,7 +222,8 @@ def two_phase_fit(task: CXRTask, loader_train, loader_val, *, settings: PhaseSet
                         monitor="mAP", ckpt_last=WARMUP_CKPT, ckpt_best=None,
                         resume="auto" if resume == "auto" else None, csv_name="log_warmup.csv",
                         class_names=settings.class_names, find_unused_parameters=True,
-                        skip_nonfinite=settings.skip_nonfinite, compile=settings.compile)
+                        skip_nonfinite=settings.skip_nonfinite, compile=settings.compile,
+                    channels_last=settings.channels_last)
         _logger.info("phase 1: head warm-up for %d epoch(s), lr %g, backbone frozen", settings.warmup_epochs,
                      settings.warmup_lr)
         summary = fit(task, opt, loader_train, config=cfg, ctx=ctx, run=run,
@@ -250,7 +252,8 @@ def two_phase_fit(task: CXRTask, loader_train, loader_val, *, settings: PhaseSet
     cfg = FitConfig(epochs=settings.finetune_epochs, output_dir=out, amp=settings.amp, clip_grad=settings.clip_grad,
                     monitor="mAP", eval_ema=True, select_on_ema=True, ckpt_last=LAST_CKPT,
                     ckpt_best=settings.ckpt_best, resume=phase2_resume, csv_name="log.csv",
-                    class_names=settings.class_names, skip_nonfinite=settings.skip_nonfinite, compile=settings.compile)
+                    class_names=settings.class_names, skip_nonfinite=settings.skip_nonfinite, compile=settings.compile,
+                    channels_last=settings.channels_last)
     _logger.info("phase 2: full fine-tune for %d epoch(s), backbone lr %g, head lr %g, EMA %g",
                  settings.finetune_epochs, settings.backbone_lr, settings.head_lr, settings.ema_decay)
     return fit(task, opt, loader_train, config=cfg, ctx=ctx, run=run, schedule=schedule,

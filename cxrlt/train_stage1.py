@@ -119,6 +119,7 @@ def main(args: argparse.Namespace) -> dict:
         ema_decay=args.ema_decay, clip_grad=args.max_grad_norm if args.max_grad_norm > 0 else None, amp=args.amp,
         ckpt_best="best_convnext_model.pth", resume=args.resume, warmup_best_is_bar=False,
         class_names=MIMIC_CLASSES, skip_nonfinite=args.skip_nonfinite, compile=args.compile,
+        channels_last=args.channels_last,
     )
     summary = two_phase_fit(task, loader_train, loader_val, settings=settings, ctx=ctx, run=run,
                             output_dir=args.output_dir, args=args)

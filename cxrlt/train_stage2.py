@@ -162,7 +162,7 @@ def main(args: argparse.Namespace) -> dict:
         clip_grad=args.max_grad_norm if args.max_grad_norm > 0 else None, amp=args.amp,
         ckpt_best="best_padchest_db_cas.pth", resume=args.resume, warmup_best_is_bar=args.warmup_best_is_bar,
         warmup_backbone_eval=args.warmup_backbone_eval, skip_warmup=skip_warmup, class_names=split.class_names,
-        skip_nonfinite=args.skip_nonfinite, compile=args.compile,
+        skip_nonfinite=args.skip_nonfinite, compile=args.compile, channels_last=args.channels_last,
     )
     summary = two_phase_fit(task, loader_train, loader_val, settings=settings, ctx=ctx, run=run,
                             output_dir=args.output_dir, args=args)

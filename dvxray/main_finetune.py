@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.cli import add_compile_flag, run_main, str2bool, warn_unused_flag
+from common.cli import add_channels_last_flag, add_compile_flag, run_main, str2bool, warn_unused_flag
 from common.dist import init_distributed
 from common.ema import ModelEma
 from common.engine import EpochCounter, FitConfig, build_loader, fit, updates_per_epoch
@@ -165,6 +165,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"),
                    help="autocast: auto = bf16 where supported else fp16, as the original; CPU always bf16 (default: auto)")
     add_compile_flag(g)
+    add_channels_last_flag(g)
     g.add_argument("--sort_training_log", default=True, type=str2bool,
                    help="re-sort training_log.csv by val_metric at the end, as the original (default: true)")
     g.add_argument("--plots", default=True, type=str2bool,
@@ -290,7 +291,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         csv_name="training_log.csv", csv_columns=CSV_COLUMNS, class_names=class_names,
         # the PAN's N4/N5 outputs and the backbone's final norm are built (as in the original) but the
         # classifier reads N3 only, so DDP must tolerate parameters without gradients
-        find_unused_parameters=True, compile=args.compile,
+        find_unused_parameters=True, compile=args.compile, channels_last=args.channels_last,
     )
     epochs_trained = EpochCounter()
     callbacks = [TrainingLogCallback(args.epochs, monitor_key),

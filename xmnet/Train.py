@@ -25,7 +25,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.cli import add_compile_flag, run_main, str2bool
+from common.cli import add_channels_last_flag, add_compile_flag, run_main, str2bool
 from xmnet import engine_xmnet
 from xmnet.backboneModels import BACKBONES
 from xmnet.engine_xmnet import attention_of
@@ -73,6 +73,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", nargs="?", const="fp16", default="none", choices=("none", "fp16", "bf16", "auto"),
                    help="autocast; bare --amp = fp16 + GradScaler as the original (bf16 on CPU) (default: none)")
     add_compile_flag(g)
+    add_channels_last_flag(g)
     g.add_argument("--model_path", default=None,
                    help="checkpoint to start from (its 'net' or 'model' entry); sets batch 8 (default: none)")
     g.add_argument("--local_train", type=int, default=0,

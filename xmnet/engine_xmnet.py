@@ -293,7 +293,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         monitor, mode = ("sel_train_ce", "min") if args.cls_included else ("sel_train_iou", "max")
     config = FitConfig(epochs=args.max_epoch, output_dir=out_dir, amp=args.amp, monitor=monitor, monitor_mode=mode,
                        resume=args.resume or None, csv_name="log.csv", dataset=args.dataset,
-                       compile=getattr(args, "compile", False))
+                       compile=getattr(args, "compile", False), channels_last=getattr(args, "channels_last", None))
     summary = fit(task, optimizer, loader_train, config=config, ctx=ctx, run=run, schedule=schedule,
                   data_loader_val=loader_eval, metric_fn=make_metric_fn(task, ctx),
                   callbacks=[EpochHooks(task, [full_train, train_set])], args=args)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from common.cli import add_compile_flag
+from common.cli import add_channels_last_flag, add_compile_flag
 
 TASK_NAMES = {"fgvc": "fine-grained visual categorisation (FGVC)", "reid": "object re-identification"}
 
@@ -32,6 +32,7 @@ def train_args_parser(task_type: str) -> argparse.ArgumentParser:
                              "save_dir's checkpoint_last.pth when present, else a fresh start "
                              "(default: None = start fresh)")
     add_compile_flag(parser)
+    add_channels_last_flag(parser)
     parser.add_argument("--no_plots", action="store_true",
                         help="skip the pictures drawn at the end (curves, per-class bars; python -m common.plots) "
                              "(default: drawn)")

@@ -260,7 +260,7 @@ def train_from_config(cfg: ExperimentConfig, *, task_type: str, gpu: int = 0, re
         epochs=t.num_epochs, output_dir=cfg.save_dir, amp=t.amp, clip_grad=t.clip_grad, accum_steps=t.accum_steps,
         monitor="acc1" if cfg.task_type == "fgvc" else "mAP", monitor_mode="max", resume=resume,
         class_names=class_names, dataset=cfg.data.dataset_name, find_unused_parameters=False,
-        compile=bool((extra_args or {}).get("compile", False)),
+        compile=bool((extra_args or {}).get("compile", False)), channels_last=(extra_args or {}).get("channels_last"),
     )
     metric_fn = fgvc_metrics if cfg.task_type == "fgvc" else reid_metrics
     return fit(task, optimizer, loader_train, config=config, ctx=ctx, run=run, schedule=schedule,

@@ -52,3 +52,34 @@ def test_fit_with_real_torch_compile_matches_eager(tmp_path):
     assert comp["best"]["acc"] == pytest.approx(eager["best"]["acc"], abs=1e-6)
     ckpt = load_checkpoint(tmp_path / "compiled" / "checkpoint_last.pth")
     assert not any("_orig_mod" in k for k in ckpt["model"])
+
+
+def test_channels_last_auto_rule_and_flag():
+    from common.cli import add_channels_last_flag
+    from common.engine import resolve_channels_last
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_channels_last(None, torch.bfloat16, cpu) is True
+    assert resolve_channels_last(None, None, cpu) is False
+    assert resolve_channels_last(None, torch.bfloat16, cuda) is False
+    assert resolve_channels_last(True, None, cpu) is True
+    assert resolve_channels_last(False, torch.bfloat16, cpu) is False
+    parser = argparse.ArgumentParser()
+    add_channels_last_flag(parser)
+    assert parser.parse_args([]).channels_last is None
+    assert parser.parse_args(["--channels_last", "auto"]).channels_last is None
+    assert parser.parse_args(["--channels_last", "true"]).channels_last is True
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--channels_last", "nhwc"])
+
+
+def test_to_device_channels_last_only_touches_4d_float_tensors():
+    from common.engine import to_device
+
+    images, masks, target = torch.randn(2, 3, 4, 5), torch.zeros(2, 1, 4, 5, dtype=torch.long), torch.ones(2, 7)
+    out = to_device({"x": [images, masks], "y": target}, torch.device("cpu"), channels_last=True)
+    assert out["x"][0].is_contiguous(memory_format=torch.channels_last) and not out["x"][0].is_contiguous()
+    assert torch.equal(out["x"][0], images)
+    assert out["x"][1].is_contiguous() and out["y"].is_contiguous()
+    plain = to_device([images], torch.device("cpu"))
+    assert plain[0].is_contiguous()
