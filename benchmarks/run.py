@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{machine_slug(info)}-{now.strftime('%Y-%m-%d')}" + ("-quick" if args.quick else "")
+    # a partial or quick run gets its own name, so it never overwrites the day's full run
+    stem = (f"{machine_slug(info)}-{now.strftime('%Y-%m-%d')}" + ("-quick" if args.quick else "")
+            + ("-only-" + "-".join(args.only) if args.only else ""))
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     md = markdown(result)
     (out / f"{stem}.md").write_text(md)

@@ -24,7 +24,10 @@ def _run(tmp_path: Path, *args: str) -> dict:
     jsons = list(tmp_path.glob("*.json"))
     mds = list(tmp_path.glob("*.md"))
     assert len(jsons) == 1 and len(mds) == 1
-    assert jsons[0].stem == mds[0].stem and jsons[0].stem.endswith("-quick")
+    only = [args[i + 1] for i, a in enumerate(args) if a == "--only"]
+    # a quick or partial run is named so that it never overwrites the day's full run
+    suffix = "-quick" + ("-only-" + "-".join(only) if only else "")
+    assert jsons[0].stem == mds[0].stem and jsons[0].stem.endswith(suffix)
     result = json.loads(jsons[0].read_text())
     md = mds[0].read_text()
     assert "| section | case | median ms |" in md

@@ -32,6 +32,13 @@ def binary_targets(targets: ArrayLike) -> np.ndarray:
         t = t[:, None]
     if t.ndim != 2:
         raise ValueError(f"targets must be (N, C), got shape {tuple(t.shape)}")
+    if t.dtype == np.bool_:
+        return t.astype(np.int64)
+    if np.issubdtype(t.dtype, np.integer) and t.size:
+        # one threaded min/max pass instead of two comparisons and an OR over the whole matrix
+        lo, hi = torch.aminmax(torch.from_numpy(np.ascontiguousarray(t)))
+        if lo >= 0 and hi <= 1:
+            return t.astype(np.int64, copy=False)
     binary = (t == 0) | (t == 1)
     if not binary.all():
         bad = np.unique(t[~binary])[:5]
@@ -39,8 +46,15 @@ def binary_targets(targets: ArrayLike) -> np.ndarray:
     return t.astype(np.int64, copy=False)
 
 
-def scores_and_targets(scores: ArrayLike, targets: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Validate a multi-label (N, C) score matrix and its {0, 1} target matrix (1-D = one class)."""
+def non_finite_error(s: np.ndarray) -> ValueError:
+    return ValueError(f"scores contain {int((~np.isfinite(s)).sum())} non-finite values")
+
+
+def scores_and_targets(scores: ArrayLike, targets: ArrayLike, *, check_finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a multi-label (N, C) score matrix and its {0, 1} target matrix (1-D = one class).
+
+    ``check_finite=False`` leaves the NaN/Inf check to a caller that sees it for free (the rank
+    metrics read it off the ends of their sorted columns)."""
     s = to_numpy(scores, name="scores")
     t = binary_targets(targets)
     if s.ndim == 1:
@@ -49,6 +63,6 @@ def scores_and_targets(scores: ArrayLike, targets: ArrayLike) -> tuple[np.ndarra
         raise ValueError(f"scores {tuple(s.shape)} and targets {tuple(t.shape)} must both be (N, C)")
     if s.shape[0] == 0:
         raise ValueError("scores and targets are empty (N = 0)")
-    if not np.isfinite(s).all():
-        raise ValueError(f"scores contain {int((~np.isfinite(s)).sum())} non-finite values")
+    if check_finite and not np.isfinite(s).all():
+        raise non_finite_error(s)
     return s, t

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from scipy.special import expit
 
-from common.metrics._arrays import ArrayLike, binary_targets, scores_and_targets
+from common.metrics._arrays import ArrayLike, binary_targets, non_finite_error, scores_and_targets
 
 _logger = logging.getLogger(__name__)
 
@@ -38,6 +38,10 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
+class _NonFinite(Exception):
+    pass
+
+
 def _class_ranking(scores: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
     """(AP, ROC-AUC) of one class from two sorts: all its scores, and its positives' scores.
 
@@ -47,11 +51,13 @@ def _class_ranking(scores: np.ndarray, positive: np.ndarray) -> tuple[float, flo
     from ``searchsorted`` into the sorted scores, so no argsort (the slow, data-moving part of a
     ranking) is needed.
     """
+    everything = np.sort(scores)
+    if not (np.isfinite(everything[0]) and np.isfinite(everything[-1])):  # NaN sorts last, -inf first
+        raise _NonFinite
     pos = np.sort(scores[positive])
     n, num_pos = scores.shape[0], pos.shape[0]
     if num_pos == 0:
         return 0.0, float("nan")
-    everything = np.sort(scores)
     all_lt = np.searchsorted(everything, pos, side="left")
     pos_lt = np.searchsorted(pos, pos, side="left")
     ap = float(np.sum((num_pos - pos_lt) / (n - all_lt)) / num_pos)
@@ -77,11 +83,14 @@ def _per_class_ap_auc(s: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndar
     workers = min(_threads(), s.shape[1])
     # numpy releases the GIL in sort / searchsorted / copies, so classes run in parallel on the
     # torch thread budget; small inputs are not worth a pool.
-    if workers > 1 and s.size >= 200_000:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            stats = list(pool.map(lambda j: _class_ranking(scores_by_class[j], positive_by_class[j]), classes))
-    else:
-        stats = [_class_ranking(scores_by_class[j], positive_by_class[j]) for j in classes]
+    try:
+        if workers > 1 and s.size >= 200_000:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                stats = list(pool.map(lambda j: _class_ranking(scores_by_class[j], positive_by_class[j]), classes))
+        else:
+            stats = [_class_ranking(scores_by_class[j], positive_by_class[j]) for j in classes]
+    except _NonFinite:
+        raise non_finite_error(s) from None
     ap, auc = (np.array(x, dtype=np.float64) for x in zip(*stats, strict=True))
     return ap, auc
 
@@ -124,7 +133,7 @@ def average_precision(scores: ArrayLike, targets: ArrayLike) -> np.ndarray:
         float64 array of shape (C,). Classes without any positive get 0.0; use
         :func:`classes_without_positives` or :func:`mean_average_precision` to find them.
     """
-    s, t = scores_and_targets(scores, targets)
+    s, t = scores_and_targets(scores, targets, check_finite=False)
     return _per_class_ap(s, t)
 
 
@@ -157,7 +166,7 @@ def mean_average_precision(
         of the classes that had no positive. One warning is logged per call when that list is not
         empty.
     """
-    s, t = scores_and_targets(scores, targets)
+    s, t = scores_and_targets(scores, targets, check_finite=False)
     names = _check_names(class_names, t.shape[1])
     flagged = _no_positive(t, names)
     _warn_no_positive(flagged)
@@ -179,7 +188,7 @@ def roc_auc_per_class(scores: ArrayLike, targets: ArrayLike) -> np.ndarray:
         float64 array of shape (C,); NaN for a class whose column is all-positive or all-negative
         (ROC-AUC is undefined there).
     """
-    s, t = scores_and_targets(scores, targets)
+    s, t = scores_and_targets(scores, targets, check_finite=False)
     return _per_class_auc(s, t)
 
 

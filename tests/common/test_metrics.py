@@ -233,3 +233,25 @@ def test_metrics_on_digits_linear_model_learn_and_agree_with_sklearn():
     )
     assert out["auc"] == pytest.approx(roc_auc_score(onehot_te.numpy(), logits.numpy()), abs=1e-9)
     assert topk_accuracy(logits, y_te, topk=(1,))["acc1"] > 0.85
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("column", [0, 2])  # column 0 has no positive, so its AP needs no ranking
+def test_rank_metrics_refuse_non_finite_scores_in_any_column(bad, column):
+    scores, targets = _tied_data(9)
+    scores[5, column] = bad
+    for fn in (average_precision, roc_auc_per_class, macro_auc, multilabel_metrics):
+        with pytest.raises(ValueError, match="scores contain 1 non-finite values"):
+            fn(scores, targets)
+    with pytest.raises(ValueError, match="non-finite"):
+        mean_average_precision(scores, targets)
+
+
+def test_integer_bool_and_float_targets_validated_alike():
+    scores, targets = _tied_data(10)
+    expected = average_precision(scores, targets)
+    for t in (targets.astype(bool), targets.astype(np.int8), targets.astype(np.float32)):
+        np.testing.assert_array_equal(average_precision(scores, t), expected)
+    for bad in (targets * 2, targets - 1, targets + 0.5):
+        with pytest.raises(ValueError, match="targets must be 0/1"):
+            average_precision(scores, bad)
