@@ -215,11 +215,16 @@ def plot_roc_curves(probs: torch.Tensor, targets: torch.Tensor, path: Path, titl
         if 0 < y[:, c].sum() < len(y):
             fpr, tpr, _ = roc_curve(y[:, c], p[:, c])
             ax.plot(fpr, tpr, lw=1, label=f"{name} ({roc_auc_per_class(p[:, c:c + 1], y[:, c:c + 1])[0]:.3f})")
+    drawn = bool(ax.lines)
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title(title)
-    ax.legend(fontsize=7, loc="lower right")
+    if drawn:
+        ax.legend(fontsize=7, loc="lower right")
+    else:  # no class has both labels in this test set: say so instead of an empty legend
+        ax.text(0.5, 0.5, "ROC undefined: no class has both positive and negative test images",
+                ha="center", va="center", fontsize=9, transform=ax.transAxes)
     fig.tight_layout()
     return save_figure(fig, path)
 
