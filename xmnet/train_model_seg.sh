@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# XMNet segmentation driver (ad0afa8d train_model_seg.sh; absent at HEAD), over shell/runlib.sh.
+# XMNet segmentation drivers over shell/runlib.sh: this file is train_model_seg.sh (ad0afa8d; absent
+# at HEAD, U-Net decoder) and, sourced by train_model_seg_unet3plus.sh, that driver too (commit 1fd39980,
+# UNet3+ decoder); the variant follows the name the script was invoked as.
 #
 #   bash xmnet/train_model_seg.sh [N] [BACKBONE] [LOCAL] [runlib options] [KEY=VALUE ...]
 #
-# All 12 cases: --mmanet --seg_ild --freeze_all --dataparallel --unet --model_path $MODEL_PATH, with
-#   --att_from 1 (cases 1/2), 2 (3/4), 3 (5/6), 4 (7/8), 5 (9/10), 6 (11/12); even cases add --fsds.
+# All 12 cases: --mmanet --seg_ild --freeze_all --dataparallel --model_path $MODEL_PATH, plus --unet
+# (train_model_seg.sh) or --max_epoch 200 (train_model_seg_unet3plus.sh: no --unet, UNet3+), with
+#   --att_from 1 (cases 1/2), 2 (3/4), 3 (5/6), 4 (7/8), 5 (9/10), 6 (11/12); even cases add --fsds
+#   (commented out in the UNet3+ original, available here).
 # LOCAL `true`: DATA_DIR ./data, MODEL_PATH ./checkpoint/file.pth, --local_train 1; otherwise the
 # original's /work/MGANet/data and /mnt/mywork/all_backbones/checkpoint/densenet161_MGANet_Classification_03:55-21-12-2023.pth
 # with --local_train 0. Override with DATA_DIR=... MODEL_PATH=...
@@ -19,7 +23,12 @@ if (( ${#XM_POSITIONALS[@]} >= 1 )); then
     xm_check_case "${XM_POSITIONALS[0]}" "$TOTAL"
     XM_RUNLIB_ARGS=(--run-specific "$((10#${XM_POSITIONALS[0]}))" "${XM_RUNLIB_ARGS[@]}")
 fi
-RUNLIB_DESCRIPTION="XMNet segmentation, U-Net decoder (train_model_seg.sh): att_from 1-6, without / with --fsds"
+if [[ "$(basename -- "$0")" == train_model_seg_unet3plus.sh ]]; then
+    _driver=train_model_seg_unet3plus.sh; _tag=seg_unet3plus; _decoder=(--max_epoch 200); _name="UNet3+ decoder"
+else
+    _driver=train_model_seg.sh; _tag=seg_unet; _decoder=(--unet); _name="U-Net decoder"
+fi
+RUNLIB_DESCRIPTION="XMNet segmentation, $_name ($_driver): att_from 1-6, without / with --fsds"
 # shellcheck source=../shell/runlib.sh
 source "$ROOT/shell/runlib.sh"
 runlib_parse_args "${XM_RUNLIB_ARGS[@]}"
@@ -38,7 +47,7 @@ runlib_var MODEL_PATH "$_model"
 runlib_var OUT_ROOT ./output
 runlib_var EXTRA_ARGS ""
 
-base=("$PYTHON" -u "$HERE/Train.py" --mmanet --seg_ild --freeze_all --dataparallel --unet
+base=("$PYTHON" -u "$HERE/Train.py" --mmanet --seg_ild --freeze_all --dataparallel "${_decoder[@]}"
       --backbone_class "$BACKBONE" --data_dir "$DATA_DIR" --model_path "$MODEL_PATH" --local_train "$_local")
-xm_seg_cases train_model_seg.sh seg_unet "${base[@]}"
+xm_seg_cases "$_driver" "$_tag" "${base[@]}"
 runlib_run
