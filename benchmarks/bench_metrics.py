@@ -38,20 +38,17 @@ def run(ctx: Ctx) -> None:
     rng = np.random.default_rng(0)
     t = (rng.random((n, c)) < 0.1).astype(np.int64)
     s = rng.normal(size=(n, c)) + t
-    ours = average_precision(s, t)
-    ref = np.array([average_precision_score(t[:, j], s[:, j]) for j in range(c)])
-    ctx.measure(SECTION, f"sklearn average_precision_score per class ({n} x {c})",
-                lambda: [average_precision_score(t[:, j], s[:, j]) for j in range(c)], items=c, warmup=1)
-    ctx.measure(SECTION, f"common.metrics average_precision ({n} x {c})", lambda: average_precision(s, t), items=c,
-                ref=f"sklearn average_precision_score per class ({n} x {c})",
-                extra={"max_abs_diff": float(np.abs(ours - ref).max())}, note="target >= 20x (ratio <= 0.05), 1e-9")
-    ours = roc_auc_per_class(s, t)
-    ref = np.array([roc_auc_score(t[:, j], s[:, j]) for j in range(c)])
-    ctx.measure(SECTION, f"sklearn roc_auc_score per class ({n} x {c})",
-                lambda: [roc_auc_score(t[:, j], s[:, j]) for j in range(c)], items=c, warmup=1)
-    ctx.measure(SECTION, f"common.metrics roc_auc_per_class ({n} x {c})", lambda: roc_auc_per_class(s, t), items=c,
-                ref=f"sklearn roc_auc_score per class ({n} x {c})",
-                extra={"max_abs_diff": float(np.abs(ours - ref).max())}, note="target >= 20x (ratio <= 0.05), 1e-9")
+    for ref_name, ref_fn, our_name, our_fn in (
+            ("average_precision_score", average_precision_score, "average_precision", average_precision),
+            ("roc_auc_score", roc_auc_score, "roc_auc_per_class", roc_auc_per_class)):
+        def per_class(ref_fn=ref_fn) -> list[float]:
+            return [ref_fn(t[:, j], s[:, j]) for j in range(c)]
+
+        diff = float(np.abs(our_fn(s, t) - np.array(per_class())).max())
+        ref_row = f"sklearn {ref_name} per class ({n} x {c})"
+        ctx.measure(SECTION, ref_row, per_class, items=c, warmup=1)
+        ctx.measure(SECTION, f"common.metrics {our_name} ({n} x {c})", lambda our_fn=our_fn: our_fn(s, t), items=c,
+                    ref=ref_row, extra={"max_abs_diff": diff}, note="target >= 20x (ratio <= 0.05), 1e-9")
 
     nq, ng, d, loop_q = (100, 500, 64, 20) if ctx.quick else (3368, 15913, 2048, 200)
     g = torch.Generator().manual_seed(0)

@@ -143,24 +143,25 @@ class CpuMonitor:
                 "cpus": ncpu}
 
 
-def vm_hwm_kib() -> int | None:
-    """Peak resident set size of this process (VmHWM, KiB) from /proc/self/status."""
+def _proc_status_kib(field: str) -> int | None:
+    """A ``KiB`` field of /proc/self/status (None where there is no /proc)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     except OSError:
         return None
     return None
 
 
+def vm_hwm_kib() -> int | None:
+    """Peak resident set size of this process (VmHWM, KiB)."""
+    return _proc_status_kib("VmHWM")
+
+
 def vm_rss_kib() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
+    """Current resident set size of this process (VmRSS, KiB)."""
+    return _proc_status_kib("VmRSS")
     return None
 
 
