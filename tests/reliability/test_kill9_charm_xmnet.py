@@ -267,8 +267,14 @@ def _assert_one_result_line(full: Path, resumed: Path) -> None:
     assert len(lines[1]) == 1 and STAMP.sub("<stamp>", lines[0][0]) == STAMP.sub("<stamp>", lines[1][0])
 
 
-def _xm_best_epoch(full: Path) -> int:
-    return json.loads((full / "metrics.json").read_text())["best_epoch"]
+def _xm_kill_then_rerun(points: dict, name: str, full: Path, tmp_path: Path, leafvein: Path, flags: list[str]) -> Path:
+    """Kill xmnet/Train.py at ``points[name]`` ("best" = the uninterrupted run's best epoch), rerun it."""
+    point, epoch, env = points[name]
+    if epoch == "best":
+        epoch = json.loads((full / "metrics.json").read_text())["best_epoch"]
+    out = tmp_path / "run"
+    _kill_then_rerun(point, epoch, XMNET, _xm_argv(leafvein, out, flags), **env)
+    return out
 
 
 XM_CLS_POINTS = {
@@ -289,11 +295,7 @@ XM_CLS_POINTS = {
 def test_xmnet_classification_kill9_then_rerun_equals_uninterrupted(tmp_path, leafvein, xm_cls_full, name):
     import optuna
 
-    point, epoch, env = XM_CLS_POINTS[name]
-    epoch = _xm_best_epoch(xm_cls_full) if epoch == "best" else epoch
-    out = tmp_path / "run"
-    argv = _xm_argv(leafvein, out, XM_CLS)
-    _kill_then_rerun(point, epoch, XMNET, argv, **env)
+    out = _xm_kill_then_rerun(XM_CLS_POINTS, name, xm_cls_full, tmp_path, leafvein, XM_CLS)
     killed_trial = name == "inside_the_third_trial"
     assert_same_outputs(xm_cls_full, out, skip=frozenset({"optuna_study.db"}),
                         ignore=TRIAL_NUMBERS if killed_trial else frozenset())
@@ -320,11 +322,7 @@ XM_SEG_POINTS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(XM_SEG_POINTS))
 def test_xmnet_unet_segmentation_kill9_then_rerun_equals_uninterrupted(tmp_path, leafvein, xm_seg_full, name):
-    point, epoch, env = XM_SEG_POINTS[name]
-    epoch = _xm_best_epoch(xm_seg_full) if epoch == "best" else epoch
-    out = tmp_path / "run"
-    argv = _xm_argv(leafvein, out, XM_SEG)
-    _kill_then_rerun(point, epoch, XMNET, argv, **env)
+    out = _xm_kill_then_rerun(XM_SEG_POINTS, name, xm_seg_full, tmp_path, leafvein, XM_SEG)
     assert_same_outputs(xm_seg_full, out)
     _assert_one_result_line(xm_seg_full, out)
     assert [r["epoch"] for r in _csv_rows(out / "log.csv")] == ["0", "1", "2"]
