@@ -277,7 +277,7 @@ def _python_state_from_tensor(state: Mapping[str, Any]) -> tuple:
 
 
 def load_state_dict_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str, *,
-                           allow_missing: bool = False) -> None:
+                           allow_missing: bool | tuple[str, ...] = False) -> None:
     """``module.load_state_dict(state)`` with strict semantics and a one-line error.
 
     Args:
@@ -285,7 +285,8 @@ def load_state_dict_strict(module: torch.nn.Module, state: Mapping[str, torch.Te
         state: the state dict to load.
         what: names the source in the message, e.g. ``"--checkpoint run/best.pth"``.
         allow_missing: a partial load (e.g. a backbone only): keys of ``module`` absent from ``state``
-            keep their values; shape mismatches and unexpected keys are still errors.
+            keep their values; shape mismatches and unexpected keys are still errors. A tuple of key
+            prefixes allows only those keys to be missing (e.g. a head the file never had).
 
     Raises:
         CheckpointError: shapes differ, or keys are missing or unexpected (torch would raise a
@@ -305,8 +306,10 @@ def load_state_dict_strict(module: torch.nn.Module, state: Mapping[str, torch.Te
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         detail = "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
         raise CheckpointError(f"{what}: weights do not fit the model ({detail})") from None
-    if allow_missing:
+    if allow_missing is True:
         missing = []
+    elif allow_missing:
+        missing = [k for k in missing if not k.startswith(allow_missing)]
     if missing or unexpected:
         raise CheckpointError(f"{what}: weights do not fit the model ({len(missing)} missing, e.g. "
                               f"{sorted(missing)[:4]}; {len(unexpected)} unexpected, e.g. {sorted(unexpected)[:4]})")

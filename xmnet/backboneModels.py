@@ -20,7 +20,7 @@ import torchvision
 from torch import nn
 from torchvision.ops import DeformConv2d
 
-from common.checkpoint import CheckpointError, load_weights_file
+from common.checkpoint import load_state_dict_strict, load_weights_file
 
 _logger = logging.getLogger(__name__)
 
@@ -87,15 +87,7 @@ def load_pretrained(features: nn.Sequential, name: str, path: str | Path) -> int
         sd = {k: v for k, v in raw.items() if not k.startswith(("fc.", "classifier.", "AuxLogits."))}
     # files saved before torch 0.4.1 have no BatchNorm counters: keep the model's
     sd.update({k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in sd})
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    bad = [k for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or bad:
-        what = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
-                else f"shape mismatch {bad[:3]}")
-        raise CheckpointError(f"--pretrained_weights {path}: not {name} ImageNet weights ({what}, "
-                              f"{len(missing) + len(unexpected) + len(bad)} keys in all)")
-    features.load_state_dict({k: sd[k] for k in own}, strict=True)
+    load_state_dict_strict(features, sd, f"--pretrained_weights {path} (not {name} ImageNet weights)")
     return len(own)
 
 

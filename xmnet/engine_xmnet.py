@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from common.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, save_checkpoint
 from common.dist import DistContext, init_distributed
 from common.engine import FitConfig, Task, build_loader, collect_outputs, fit, updates_per_epoch
 from common.run import RunDir
@@ -190,16 +190,8 @@ def load_model_path(model: XMNetModel, path: str) -> None:
     if not isinstance(sd, dict):
         raise CheckpointError(f"--model_path {path}: no state dict under 'net' or 'model'")
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd and not k.startswith("seg_head.")]
-    unexpected = [k for k in sd if k not in own]
-    bad = [k for k in sd if k in own and sd[k].shape != own[k].shape]
-    if missing or unexpected or bad:
-        what = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
-                else f"shape mismatch {bad[:3]} (another --backbone_class or --num_classes?)")
-        raise CheckpointError(f"--model_path {path}: does not fit this model ({what}; check --backbone_class, "
-                              "--num_classes and --xmnet/--mmanet)")
-    model.load_state_dict({**own, **sd}, strict=True)
+    load_state_dict_strict(model, sd, f"--model_path {path} (check --backbone_class, --num_classes and "
+                           "--xmnet/--mmanet)", allow_missing=("seg_head.",))
     _logger.info("--model_path %s: loaded %d tensors", path, len(sd))
 
 

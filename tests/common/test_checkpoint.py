@@ -127,3 +127,18 @@ def test_load_state_dict_strict_one_line_errors():
     load_state_dict_strict(model, partial, "x.pth", allow_missing=True)
     with pytest.raises(CheckpointError, match="1 unexpected"):
         load_state_dict_strict(model, dict(good, extra=torch.zeros(1)), "x.pth", allow_missing=True)
+
+
+def test_load_state_dict_strict_allows_only_the_named_missing_prefixes():
+    from common.checkpoint import CheckpointError, load_state_dict_strict
+
+    model = torch.nn.ModuleDict({"body": torch.nn.Linear(2, 2), "seg_head": torch.nn.Linear(2, 1)})
+    head_before = model["seg_head"].weight.clone()
+    body_only = {f"body.{k}": torch.full_like(v, 7.0) for k, v in model["body"].state_dict().items()}
+    load_state_dict_strict(model, body_only, "--model_path cls.pth", allow_missing=("seg_head.",))
+    assert torch.equal(model["body"].weight, torch.full((2, 2), 7.0))
+    assert torch.equal(model["seg_head"].weight, head_before)  # absent keys keep their values
+    no_bias = {k: v for k, v in body_only.items() if k != "body.bias"}
+    with pytest.raises(CheckpointError, match=r"^--model_path cls.pth: weights do not fit the model \(1 missing, "
+                                              r"e.g. \['body.bias'\]"):
+        load_state_dict_strict(model, no_bias, "--model_path cls.pth", allow_missing=("seg_head.",))
