@@ -339,6 +339,7 @@ def train_one_epoch(
     params = [p for g in optimizer.param_groups for p in g["params"]]
     bar = _progress(loader, f"epoch {state.epoch}", ctx.is_primary and config.progress, total=n_batches)
     skipped = 0
+    ddp = getattr(task, "_orig_mod", task)  # under torch.compile the DDP module is wrapped
     for i, batch in enumerate(bar):
         boundary = (i + 1) % accum == 0 or i + 1 == n_batches
         if schedule is not None and (i % accum == 0):
@@ -349,7 +350,6 @@ def train_one_epoch(
                     _set_momentum(group, momentum_for(state.update))
         batch = to_device(batch, device, channels_last=state.channels_last)
         sync = nullcontext()
-        ddp = getattr(task, "_orig_mod", task)  # under torch.compile the DDP module is wrapped
         if isinstance(ddp, DistributedDataParallel) and not boundary:
             sync = ddp.no_sync()
         with sync:
