@@ -7,6 +7,13 @@ cd "$ROOT"
 bash shell/setup.sh
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 workers="${PYTEST_WORKERS:-2}"
+# pytest's folders live in $TMPDIR (default /tmp): at most about 2 GiB at once, as each passed test's
+# folder is deleted when it ends. A full disk shows up as dozens of unrelated ENOSPC errors, so say it first.
+tmp_root="${TMPDIR:-/tmp}"
+free_mib=$(df -Pm "$tmp_root" | awk 'NR == 2 {print $4}')
+if [[ -n "$free_mib" ]] && (( free_mib < 3072 )); then
+    echo "[test] warning: $tmp_root has only $free_mib MiB free; the suite needs about 2 GiB there (set TMPDIR to a roomier folder)" >&2
+fi
 echo "[test] ruff check"
 .venv/bin/ruff check .
 echo "[test] pytest -n $workers $*"
