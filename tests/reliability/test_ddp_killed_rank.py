@@ -2,30 +2,20 @@
 time (torchrun's agent ends the other rank; nothing hangs in a collective), and the same command
 resumes to the weights of an uninterrupted run."""
 
-import os
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.torchrun import ROOT, torchrun_command, torchrun_env
 
 
 def _torchrun(out: Path, **env_extra: str) -> tuple[subprocess.CompletedProcess, float]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **env_extra)
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    env = torchrun_env(out.parent, **env_extra)
     t0 = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
-                          "--master_addr", "127.0.0.1", "--master_port", str(port),
-                          "-m", "tests.reliability.ddp_kill_worker", str(out)],
+    res = subprocess.run(torchrun_command("-m", "tests.reliability.ddp_kill_worker", out),
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     return res, time.monotonic() - t0
 
