@@ -59,7 +59,9 @@ def _class_ranking(scores: np.ndarray, positive: np.ndarray) -> tuple[float, flo
     if num_pos == 0:
         return 0.0, float("nan")
     all_lt = np.searchsorted(everything, pos, side="left")
-    pos_lt = np.searchsorted(pos, pos, side="left")
+    # #pos(< v) is a positive's own index in the sorted positives unless positives tie
+    pos_ties = num_pos > 1 and bool((pos[1:] == pos[:-1]).any())
+    pos_lt = np.searchsorted(pos, pos, side="left") if pos_ties else np.arange(num_pos)
     ap = float(np.sum((num_pos - pos_lt) / (n - all_lt)) / num_pos)
     num_neg = n - num_pos
     if num_neg == 0:
