@@ -186,13 +186,18 @@ CHARM_SINGLE_POINTS = {
 }
 
 
+def _charm_kill_then_rerun(points: dict, name: str, tmp_path: Path, data: Path, base: list[str]) -> Path:
+    """Kill charm_xray/train.py at ``points[name]``, rerun the same command; returns its output folder."""
+    point, epoch, env = points[name]
+    out = tmp_path / "run"
+    _kill_then_rerun(point, epoch, CHARM, _charm_argv(data, out, base), **env)
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CHARM_SINGLE_POINTS))
 def test_charm_kill9_then_rerun_equals_uninterrupted(tmp_path, cx14, charm_single_full, name):
-    point, epoch, env = CHARM_SINGLE_POINTS[name]
-    out = tmp_path / "run"
-    argv = _charm_argv(cx14, out, CHARM_SINGLE)
-    _kill_then_rerun(point, epoch, CHARM, argv, **env)
+    out = _charm_kill_then_rerun(CHARM_SINGLE_POINTS, name, tmp_path, cx14, CHARM_SINGLE)
     assert_same_outputs(charm_single_full, out)
     for stage, epochs in (("phase1_freeze", 1), ("phase1", 2), ("phase2", 1)):
         assert [r["epoch"] for r in _csv_rows(out / EXP / stage / "log.csv")] == [str(e) for e in range(epochs)]
@@ -210,10 +215,7 @@ CHARM_GRID_POINTS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CHARM_GRID_POINTS))
 def test_charm_grid_kill9_in_second_setting_then_rerun_equals_uninterrupted(tmp_path, cx14, charm_grid_full, name):
-    point, epoch, env = CHARM_GRID_POINTS[name]
-    out = tmp_path / "run"
-    argv = _charm_argv(cx14, out, CHARM_GRID)
-    _kill_then_rerun(point, epoch, CHARM, argv, **env)
+    out = _charm_kill_then_rerun(CHARM_GRID_POINTS, name, tmp_path, cx14, CHARM_GRID)
     assert_same_outputs(charm_grid_full, out)
     grid = _csv_rows(out / "parameter_search_results" / "grid_search_results.csv")
     assert [r["exp_name"] for r in grid] == ["m0.99_k2_t0.2", "m0.99_k3_t0.2"]
