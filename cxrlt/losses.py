@@ -27,10 +27,15 @@ from torch import nn
 
 
 def effective_number_weights(class_counts: Sequence[float], beta: float) -> np.ndarray:
-    """e_c = (1 - beta) / (1 - beta ** n_c) with n_c = max(count_c, 1), normalised to mean 1."""
-    n = np.maximum(np.asarray(class_counts, dtype=np.float64), 1.0)
-    e = (1.0 - beta) / (1.0 - np.power(beta, n))
-    return e / e.mean()
+    """e_c = (1 - beta) / (1 - beta ** n_c) with n_c = max(count_c, 1), normalised to mean 1.
+
+    Computed in float32, as the original builds it (``np.array(counts, dtype=np.float32)``, then numpy
+    arithmetic with the Python float beta, which numpy rounds to float32): 1 - beta ** n loses digits to
+    cancellation, so a float64 computation differs from the original's weights by up to ~1e-4 relative.
+    """
+    n = np.clip(np.asarray(class_counts, dtype=np.float32), 1.0, None)
+    e = (1.0 - beta) / (1.0 - np.power(np.float32(beta), n))
+    return (e / e.mean()).astype(np.float32)
 
 
 class DistributionBalancedLoss(nn.Module):
@@ -61,16 +66,17 @@ class DistributionBalancedLoss(nn.Module):
         super().__init__()
         if margin_direction not in ("head", "tail"):
             raise ValueError(f"margin_direction must be 'head' or 'tail', got '{margin_direction}'")
-        e = effective_number_weights(class_counts, beta)
+        # float32 throughout and in the original's order (numpy weights, then torch for the margin and
+        # the weight power), so that weights and margins equal the original's to the last bit
+        e = torch.from_numpy(effective_number_weights(class_counts, beta))
         u = 1.0 / (e + 1e-6)
         u_norm = (u - u.min()) / (u.max() - u.min() + 1e-6)
         if margin_direction == "tail":
             u_norm = 1.0 - u_norm
         self.neg_scale = neg_scale
         self.neg_margin = neg_margin
-        self.register_buffer("weight", torch.as_tensor(e ** rebalance_alpha, dtype=torch.float32), persistent=False)
-        self.register_buffer("margin", torch.as_tensor(max_margin * u_norm * margin_scale, dtype=torch.float32),
-                             persistent=False)
+        self.register_buffer("weight", torch.pow(e, rebalance_alpha), persistent=False)
+        self.register_buffer("margin", (max_margin * u_norm * margin_scale).float(), persistent=False)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         logits = logits.float()

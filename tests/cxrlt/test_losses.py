@@ -37,6 +37,35 @@ def test_db_loss_matches_formula():
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_db_weights_are_the_originals_float32_ones():
+    # cxrlt.md 5.3 with the original's dtypes (issue 17 section 5): counts as a float32 numpy array, clipped
+    # to >= 1; (1 - beta) / (1 - beta ** n) in numpy with the Python float beta; normalised by the mean;
+    # then torch float32: inv = 1 / (w + 1e-6), min-max normalised, margin = 0.2 * inv; weight = w ** 0.5.
+    counts = [61_234.0, 12_000.0, 5000.0, 800.0, 60.0, 3.0, 0.0]
+    n32 = np.clip(np.array(counts, dtype=np.float32), 1.0, None)
+    eff = (1.0 - 0.9999) / (1.0 - np.power(0.9999, n32))
+    eff = eff / eff.mean()
+    assert eff.dtype == np.float32
+    eff_w = torch.tensor(eff, dtype=torch.float32)
+    inv = 1.0 / (eff_w + 1e-6)
+    inv = (inv - inv.min()) / (inv.max() - inv.min() + 1e-6)
+    loss = DistributionBalancedLoss(counts)
+    torch.testing.assert_close(loss.weight, torch.pow(eff_w, 0.5), rtol=0, atol=0)
+    torch.testing.assert_close(loss.margin, 0.2 * inv * 1.0, rtol=0, atol=0)
+    # the float64 computation is measurably different (the test would fail on a float64 implementation)
+    n64 = np.maximum(np.array(counts), 1.0)
+    e64 = (1 - 0.9999) / (1 - 0.9999 ** n64)
+    e64 = e64 / e64.mean()
+    assert np.abs(np.sqrt(e64) / loss.weight.double().numpy() - 1).max() > 1e-5
+    # and the loss equals the original's float32 ops on the same input
+    torch.manual_seed(3)
+    z = torch.randn(8, len(counts)) * 4
+    y = (torch.rand(8, len(counts)) > 0.5).float()
+    ref = (F.binary_cross_entropy_with_logits(z - y * (0.2 * inv), y, reduction="none")
+           * torch.pow(eff_w, 0.5).unsqueeze(0)).mean()
+    torch.testing.assert_close(loss(z, y), ref, rtol=0, atol=0)
+
+
 def test_db_margin_direction():
     head = DistributionBalancedLoss(COUNTS).margin
     assert head[0].item() == pytest.approx(0.2, abs=1e-3) and head[-1].item() == pytest.approx(0.0, abs=1e-6)
