@@ -667,3 +667,106 @@ def test_dockerfile_installs_the_project(tmp_path: Path) -> None:
     assert any("COPY no_such_dir/: not in the build context" in p for p in problems), problems
     assert any("no RUN pip install -e ." in p for p in problems), problems
     assert any("common, dvxray" in p for p in problems), problems
+
+
+def test_the_checker_catches_bad_opts_and_driver_options() -> None:
+    world = World()
+    text = ("```bash\npython dcal/scripts/train_fgvc.py --config dcal/configs/fgvc/cub200.yaml --opts training.no_such_key=1\n"
+            "bash xmnet/train_model_cls.sh --no-such-option\ntorchrun --no_such_torchrun_flag 1 cxrlt/train_stage1.py\n"
+            "python dcal/scripts/train_fgvc.py --config dcal/configs/fgvc/no_such.yaml\n```\n")
+    for _, lines in shell_blocks(text):
+        for cmd in split_commands("R.md", lines):
+            check_command(cmd, cmd.argv, str(ROOT), world, dry=False)
+    got = "\n".join(world.problems)
+    assert len(world.problems) == 4, got
+    assert "R.md:2: " in got and "ConfigError" in got and "no_such_key" in got, got
+    assert "R.md:3: `bash xmnet/train_model_cls.sh --no-such-option`: xmnet/train_model_cls.sh --dry-run exits" in got, got
+    assert "R.md:4: " in got and "torchrun flags:" in got, got
+    assert "R.md:5: " in got and "--config dcal/configs/fgvc/no_such.yaml: no such file" in got, got
+
+
+# ----------------------------------------------------------------------------------------------------
+# slow: the commands that demo data can feed, for real
+
+
+def _demo_tiny(paper: str) -> list[str]:
+    """The TINY=(...) flags of ``<paper>/demo.sh`` (the demo's CPU-sized settings, reused here)."""
+    text = (ROOT / paper / "demo.sh").read_text(encoding="utf-8")
+    match = re.search(r"^TINY=\((.*?)\)", text, re.S | re.M)
+    assert match, f"{paper}/demo.sh: no TINY=(...) array"
+    return shlex.split(match.group(1))
+
+
+@dataclass
+class DemoWorld:
+    synth: list[tuple[str, str, int]]  # (format, folder relative to the README's start folder, n)
+    tiny: dict[str, list[str]]  # script -> flags appended (the last value wins in argparse)
+    drop: tuple[str, ...] = ()  # flags (with their value) naming a user's file that demo data cannot give
+
+
+SLOW_WORLDS = {
+    "xmnet/README.md": DemoWorld(
+        synth=[("xmnet", "data/soybean_2_1", 40)],
+        tiny={"xmnet/Train.py": [*_demo_tiny("xmnet"), "--max_epoch", "1", "--n_trials", "2", "--xgb_n_estimators", "5",
+                                 "--save_masks", "2", "--plots", "false"]},
+        drop=("--pretrained_weights",)),
+    "charm_xray/README.md": DemoWorld(
+        synth=[("chestxray14", "charm_xray/data", 120)],
+        tiny={"charm_xray/train.py": [*_demo_tiny("charm_xray"), "--lr_find_iters", "8", "--freeze_epochs", "1",
+                                      "--phase1_epochs", "1", "--phase2_epochs", "1", "--plots", "false"],
+              "charm_xray/test_checkpoint.py": ["--num_workers", "0", "--device", "cpu"]}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("readme", sorted(SLOW_WORLDS))
+def test_readme_commands_run_on_demo_data(readme: str, tmp_path: Path) -> None:
+    """Each python command of the README runs on synthetic data in the native layout (tiny settings
+    appended), in a copy of the README's folders under tmp_path, and writes what the static check expects.
+    Not run here: docker/pip (static and --dry-run checks above) and the bash drivers (their plans are
+    checked; their cases are the same Train.py commands)."""
+    spec = SLOW_WORLDS[readme]
+    start = START_CWD.get(readme, "")
+    for fmt, folder, n in spec.synth:
+        subprocess.run([sys.executable, "-m", "common.synth", fmt, str(tmp_path / start / folder), "--n", str(n)],
+                       cwd=ROOT, check=True, capture_output=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    failures = []
+    for _, commands in readme_commands(readme):
+        repo_cwd = str(ROOT / start)
+        for cmd in commands:
+            run_cwd = tmp_path / os.path.relpath(repo_cwd, ROOT)
+            run_cwd.mkdir(parents=True, exist_ok=True)
+            word = os.path.basename(cmd.argv[0])
+            if word == "cd":
+                repo_cwd = check_command(cmd, cmd.argv, repo_cwd, World(), dry=False)
+                continue
+            if word == "cp":
+                subprocess.run(cmd.argv, cwd=run_cwd, check=True)
+                continue
+            if not re.fullmatch(r"python(3)?", word):
+                continue
+            argv = [a for a in cmd.argv[1:] if a != "-u"]
+            if argv[0] == "-m":
+                script, args = None, argv[2:]
+                run = [sys.executable, "-m", argv[1]]
+            else:
+                script = Path(_resolve(repo_cwd, argv[0]))
+                args, run = argv[1:], [sys.executable, "-u", str(script)]
+            for flag in spec.drop:
+                while flag in args:
+                    i = args.index(flag)
+                    del args[i:i + 2]
+            rel = script.relative_to(ROOT).as_posix() if script else ""
+            args = [*args, *spec.tiny.get(rel, [])]
+            res = subprocess.run([*run, *args], cwd=run_cwd, env=env, capture_output=True, text=True, timeout=900)
+            if res.returncode != 0:
+                failures.append(f"{cmd.where()}: exit {res.returncode}: {(res.stderr.strip().splitlines() or [''])[-1]}")
+                continue
+            produces = SPECS.get(rel, Spec()).produces if script else None
+            if produces is not None:
+                parsed, _ = parse_script_args(script, args)
+                missing = [p for p in produces(parsed, str(run_cwd)) if not os.path.exists(p)]
+                if missing:
+                    failures.append(f"{cmd.where()}: did not write {', '.join(os.path.relpath(p, tmp_path) for p in missing)}")
+    assert not failures, "\n".join(failures)
