@@ -122,8 +122,7 @@ def split_commands(readme: str, lines: list[tuple[int, str]]) -> list[Command]:
 
 
 def _strip_comment(line: str) -> str:
-    lexer = shlex.shlex(line, posix=True)
-    lexer.whitespace_split, lexer.commenters = True, ""
+    """``line`` without its trailing comment (for the failure messages)."""
     out, in_quote = [], None
     for i, ch in enumerate(line):  # the first # outside quotes that starts a word
         if in_quote:
