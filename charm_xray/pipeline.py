@@ -46,6 +46,7 @@ from common.dist import DistContext, init_distributed
 from common.engine import build_loader, collect_outputs
 from common.lr_find import lr_find, plot_lr_find, suggest
 from common.metrics.multilabel import roc_auc_per_class
+from common.pretrained import add_protocol_warnings, random_init_warning
 from common.run import CsvLog, RunDir, setup_logging
 
 _logger = logging.getLogger(__name__)
@@ -255,6 +256,8 @@ def run_experiment(args: argparse.Namespace, plan: SplitPlan, exp_name: str, mom
         atomic_write_text(json.dumps(plan.report, indent=2) + "\n", exp_dir / "split_report.json")
     for warning in plan.report.get("warnings", []):
         _logger.warning("%s", warning)
+    init_warnings = [] if args.pretrained_weights else [
+        random_init_warning("--pretrained_weights", args.model_name, "torchvision ImageNet weights")]
     t0 = time.time()
     model, lr = train_phases(args, plan, exp_name, momentum, k, threshold, ctx, exp_dir)
     probs, targets = predict_probabilities(model, plan.phase2.test, args, args.batch_size_test, ctx)
@@ -276,6 +279,7 @@ def run_experiment(args: argparse.Namespace, plan: SplitPlan, exp_name: str, mom
                                     {"lr_phase1": lr, "momentum": momentum, "k": k, "threshold": threshold,
                                      "model_name": args.model_name, "image_size": args.image_size,
                                      "training_time": training_time})
+        add_protocol_warnings(metrics, init_warnings)
         atomic_write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n", exp_dir / "metrics.json")
         atomic_write_text(json.dumps(result, indent=2) + "\n", result_file)
         if args.plots:  # training curves, per-class AUC vs the paper, spatial-attention overlays

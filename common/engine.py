@@ -41,6 +41,7 @@ from common.checkpoint import (
 from common.cli import resolve_amp
 from common.dist import DistContext
 from common.ema import ModelEma
+from common.pretrained import add_protocol_warnings
 from common.run import RunDir, args_to_dict, to_plain
 from common.schedule import LRSchedule
 
@@ -128,6 +129,8 @@ class FitConfig:
     trainer: str | None = None
     compile: bool = False
     channels_last: bool | None = None
+    # sentences for metrics.json ``protocol.warnings`` (e.g. ``common.pretrained.random_init_warning``)
+    warnings: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         if self.monitor_mode not in ("max", "min"):
@@ -664,6 +667,7 @@ def fit(
         summary["class_names"] = list(config.class_names)
     if config.dataset is not None:
         summary["dataset"] = config.dataset
+    add_protocol_warnings(summary, config.warnings)
     run.write_json("metrics.json", summary)
     return summary
 

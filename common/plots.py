@@ -9,9 +9,9 @@ Usage::
   validation metric(s) and the learning rate against the epoch.
 * ``per_class_<key>.png``: the run's per-class AP/AUC (``metrics.json`` ``best.per_class_*``) as
   bars beside the published per-class numbers of the paper's registry entry, when it has them.
-* Attention / evidence overlays: ``<paper>/plots.py`` may define
-  ``overlays(run_dir: Path, *, n_images: int) -> list[Path]``; it is looked up by paper name in
-  :data:`OVERLAYS` and imported only when called (common never imports a paper at import time).
+* Attention / evidence overlays: a paper declares its ``overlays(run_dir: Path, *, n_images: int) ->
+  list[Path]`` in the ``xray_papers.overlays`` entry-point group (pyproject.toml), or registers one
+  with :func:`register_overlays`; it is imported only when called. Common names no paper.
 
 The paper is taken from ``--paper``, else from metrics.json ``paper``, else from the first folder
 name on the run's path that is a registry paper. Errors are one line on stderr, exit status 2.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import importlib.metadata
 import json
 import math
 import sys
@@ -38,14 +39,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from common.results import ResultsError, available_papers, convert_scale, load_paper  # noqa: E402
 
 LOG_NAMES = ("training_log.csv", "log.csv")
-#: paper name -> "module:function" drawing its attention overlays (imported lazily by name)
-OVERLAYS: dict[str, str] = {
-    "charm_xray": "charm_xray.plots:overlays",
-    "dvxray": "dvxray.plots:overlays",
-    "cxrlt": "cxrlt.plots:overlays",
-    "dcal": "dcal.plots:overlays",
-    "xmnet": "xmnet.plots:overlays",
-}
+#: entry-point group in which each paper package declares its overlay function (``[project.entry-points]``
+#: of pyproject.toml: ``<paper> = "<paper>.plots:overlays"``); common itself names no paper
+OVERLAY_GROUP = "xray_papers.overlays"
+_REGISTERED: dict[str, Callable[..., list[Path]]] = {}
 _SKIP = ("time", "remaining", "completion", "epoch", "step", "grad_var")
 
 
@@ -258,9 +255,33 @@ def to_display(x: Any) -> Any:
     return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
 
 
+def register_overlays(paper: str, func: Callable[..., list[Path]]) -> None:
+    """Register ``func(run_dir, *, n_images) -> list[Path]`` as ``paper``'s overlays (before any declared one)."""
+    _REGISTERED[paper] = func
+
+
+def declared_overlays() -> dict[str, str]:
+    """paper -> "module:function" declared in :data:`OVERLAY_GROUP`.
+
+    Read from the installed package metadata; in a checkout whose editable install predates the
+    declaration (``shell/setup.sh`` re-installs when pyproject.toml changes), from the pyproject.toml
+    next to this package.
+    """
+    declared = {ep.name: ep.value for ep in importlib.metadata.entry_points(group=OVERLAY_GROUP)}
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if not declared and pyproject.is_file():
+        import tomllib
+
+        project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
+        declared = dict(project.get("entry-points", {}).get(OVERLAY_GROUP, {}))
+    return declared
+
+
 def overlay_function(paper: str) -> Callable[..., list[Path]] | None:
-    """The paper's overlay function from :data:`OVERLAYS`, imported now; None if it has none yet."""
-    spec = OVERLAYS.get(paper)
+    """The paper's overlay function (registered, else declared and imported now); None if it has none."""
+    if paper in _REGISTERED:
+        return _REGISTERED[paper]
+    spec = declared_overlays().get(paper)
     if spec is None:
         return None
     module, func = spec.split(":")

@@ -22,7 +22,12 @@ def add_loader_args(g: _Group) -> None:
 
 def add_backbone_args(g: _Group, *, pretrained_help: str) -> None:
     g.add_argument("--model", default="convnextv2_base", help="timm backbone (default: convnextv2_base)")
-    g.add_argument("--pretrained", type=str2bool, default=True, help=f"{pretrained_help} (default: true)")
+    g.add_argument("--pretrained", type=str2bool, default=True,
+                   help=f"{pretrained_help}, read from --pretrained_path (default: true)")
+    g.add_argument("--pretrained_path", default=None,
+                   help="local timm weights file (model.safetensors of the backbone's timm hub repository) for "
+                        "--pretrained true; never downloaded. Without it the backbone starts from random weights "
+                        "with a warning that names the file to download (default: none)")
     g.add_argument("--drop_path", type=float, default=0.2, help="backbone stochastic depth (default: 0.2)")
 
 
@@ -71,3 +76,22 @@ def add_run_args(g: _Group, *, output_dir: str) -> None:
     g.add_argument("--device", default="cuda", help="cuda or cpu (default: cuda)")
     g.add_argument("--plots", default=True, type=str2bool,
                    help="draw the run's pictures at the end (curves, per-class AP; python -m common.plots) (default: true)")
+
+
+def pretrained_backbone(args: argparse.Namespace, *, original: str) -> tuple[str | None, list[str]]:
+    """The backbone weights file for ``--pretrained`` / ``--pretrained_path`` and the run's warnings.
+
+    The original lets timm download ``original`` weights; offline nothing is downloaded: with
+    ``--pretrained true`` and no ``--pretrained_path`` the backbone starts from random weights, said in a
+    warning that names the file to download (also recorded in metrics.json).
+    """
+    from common.pretrained import random_init_warning
+    from cxrlt.model import timm_weights_hint
+
+    if not args.pretrained:
+        if args.pretrained_path:
+            raise ValueError("--pretrained_path is given but --pretrained is false: drop one of them")
+        return None, []
+    if args.pretrained_path:
+        return args.pretrained_path, []
+    return None, [random_init_warning("--pretrained_path", args.model, original, hint=timm_weights_hint(args.model))]

@@ -122,11 +122,32 @@ class MHA(nn.Module):
         return out
 
 
-def _backbone(name: str, pretrained: bool, drop_path_rate: float, global_pool: str) -> nn.Module:
+def timm_weights_hint(name: str) -> str:
+    """One line: which file of which hub repository ``--pretrained_path`` takes for backbone ``name``."""
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0, drop_path_rate=drop_path_rate,
-                                 global_pool=global_pool)
-    except RuntimeError as exc:  # timm's "Unknown model" and download failures
+        hub_id = timm.models.get_pretrained_cfg(name).hf_hub_id
+    except (AttributeError, RuntimeError):
+        hub_id = None
+    where = f"https://huggingface.co/{hub_id}" if hub_id else f"the timm weights of {name}"
+    return f"download model.safetensors from {where} and pass --pretrained_path PATH/TO/model.safetensors"
+
+
+def _backbone(name: str, pretrained: bool | str | Path | None, drop_path_rate: float, global_pool: str) -> nn.Module:
+    """timm backbone; ``pretrained`` is a local timm weights file (never a hub download) or False/None."""
+    if pretrained is True:
+        raise ValueError(f"--model {name}: pretrained backbone weights come from a local file: "
+                         f"{timm_weights_hint(name)}")
+    kwargs: dict = {}
+    if pretrained:
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"--pretrained_path: weights file not found: {path} ({timm_weights_hint(name)})")
+        # timm reads pretrained_cfg["file"] before any hub source, with the model's own key filter
+        kwargs = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(path), "source": ""}}
+    try:
+        return timm.create_model(name, num_classes=0, drop_path_rate=drop_path_rate, global_pool=global_pool,
+                                 **kwargs)
+    except RuntimeError as exc:  # timm's "Unknown model", a file of another architecture
         raise ValueError(f"--model {name}: cannot build the backbone (pretrained={pretrained}): {exc}") from None
 
 
@@ -136,8 +157,8 @@ class ConvNeXtV2CXR(nn.Module):
     Args:
         num_classes: outputs (30 for CXR-LT 2026 Task 1).
         backbone: timm model name (``convnextv2_base`` in the original; tiny variants for tests).
-        pretrained_backbone: let timm load its default ImageNet weights for the backbone (the original
-            training does; needs the weights in the local HF cache when offline).
+        pretrained_backbone: a local timm weights file for the backbone (the original training lets timm
+            download its default ImageNet weights; here nothing is downloaded), or False for random weights.
         drop_path_rate: stochastic depth of the backbone (0.2).
         head: ``csra_dbcas`` (the seed's head) or ``csra`` (official CSRA / MHA).
         lam: attention weight lambda (0.1).
@@ -145,7 +166,7 @@ class ConvNeXtV2CXR(nn.Module):
     """
 
     def __init__(self, num_classes: int = 30, *, backbone: str = "convnextv2_base",
-                 pretrained_backbone: bool = False, drop_path_rate: float = 0.2, head: str = "csra_dbcas",
+                 pretrained_backbone: bool | str | Path | None = False, drop_path_rate: float = 0.2, head: str = "csra_dbcas",
                  lam: float = 0.1, num_heads: int = 1):
         super().__init__()
         self.backbone = _backbone(backbone, pretrained_backbone, drop_path_rate, "")
@@ -173,7 +194,7 @@ class StandardCXR(nn.Module):
     """
 
     def __init__(self, num_classes: int = 14, *, backbone: str = "convnextv2_base",
-                 pretrained_backbone: bool = False, drop_path_rate: float = 0.2, dropout: float = 0.3):
+                 pretrained_backbone: bool | str | Path | None = False, drop_path_rate: float = 0.2, dropout: float = 0.3):
         super().__init__()
         self.backbone = _backbone(backbone, pretrained_backbone, drop_path_rate, "avg")
         nf = self.backbone.num_features

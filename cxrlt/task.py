@@ -185,6 +185,7 @@ class PhaseSettings:
     skip_nonfinite: bool = False
     compile: bool = False
     channels_last: bool | None = None
+    warnings: Sequence[str] = ()  # for both phases' metrics.json (protocol.warnings)
 
 
 def _set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
@@ -223,7 +224,7 @@ def two_phase_fit(task: CXRTask, loader_train, loader_val, *, settings: PhaseSet
                         resume="auto" if resume == "auto" else None, csv_name="log_warmup.csv",
                         class_names=settings.class_names, find_unused_parameters=True,
                         skip_nonfinite=settings.skip_nonfinite, compile=settings.compile,
-                    channels_last=settings.channels_last)
+                    channels_last=settings.channels_last, warnings=settings.warnings)
         _logger.info("phase 1: head warm-up for %d epoch(s), lr %g, backbone frozen", settings.warmup_epochs,
                      settings.warmup_lr)
         summary = fit(task, opt, loader_train, config=cfg, ctx=ctx, run=run,
@@ -253,7 +254,7 @@ def two_phase_fit(task: CXRTask, loader_train, loader_val, *, settings: PhaseSet
                     monitor="mAP", eval_ema=True, select_on_ema=True, ckpt_last=LAST_CKPT,
                     ckpt_best=settings.ckpt_best, resume=phase2_resume, csv_name="log.csv",
                     class_names=settings.class_names, skip_nonfinite=settings.skip_nonfinite, compile=settings.compile,
-                    channels_last=settings.channels_last)
+                    channels_last=settings.channels_last, warnings=settings.warnings)
     _logger.info("phase 2: full fine-tune for %d epoch(s), backbone lr %g, head lr %g, EMA %g",
                  settings.finetune_epochs, settings.backbone_lr, settings.head_lr, settings.ema_decay)
     return fit(task, opt, loader_train, config=cfg, ctx=ctx, run=run, schedule=schedule,

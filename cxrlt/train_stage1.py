@@ -28,6 +28,7 @@ from cxrlt.cli import (
     add_phase_args,
     add_run_args,
     asl_kwargs_from_args,
+    pretrained_backbone,
 )
 from cxrlt.data import (
     UNCERTAIN_POLICIES,
@@ -94,7 +95,8 @@ def main(args: argparse.Namespace) -> dict:
     val = read_mimic(labels_csv, split_csv, root, splits=args.val_splits, **kw)
     _logger.info("MIMIC-CXR: %d train / %d val images", len(train.paths), len(val.paths))
 
-    model = StandardCXR(len(MIMIC_CLASSES), backbone=args.model, pretrained_backbone=args.pretrained,
+    weights, warnings = pretrained_backbone(args, original="timm ImageNet weights")
+    model = StandardCXR(len(MIMIC_CLASSES), backbone=args.model, pretrained_backbone=weights,
                         drop_path_rate=args.drop_path, dropout=args.dropout).to(ctx.device)
     if ctx.distributed and ctx.device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -119,7 +121,7 @@ def main(args: argparse.Namespace) -> dict:
         ema_decay=args.ema_decay, clip_grad=args.max_grad_norm if args.max_grad_norm > 0 else None, amp=args.amp,
         ckpt_best="best_convnext_model.pth", resume=args.resume, warmup_best_is_bar=False,
         class_names=MIMIC_CLASSES, skip_nonfinite=args.skip_nonfinite, compile=args.compile,
-        channels_last=args.channels_last,
+        channels_last=args.channels_last, warnings=warnings,
     )
     summary = two_phase_fit(task, loader_train, loader_val, settings=settings, ctx=ctx, run=run,
                             output_dir=args.output_dir, args=args)

@@ -25,6 +25,7 @@ from cxrlt.cli import (
     add_phase_args,
     add_run_args,
     asl_kwargs_from_args,
+    pretrained_backbone,
 )
 from cxrlt.data import CXRDataset, EvalTransform, TrainTransform, read_padchest
 from cxrlt.losses import LOSSES, build_loss
@@ -103,18 +104,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_model(args: argparse.Namespace, num_classes: int) -> tuple[ConvNeXtV2CXR, bool]:
-    """The CSRA model initialised as the original; returns (model, skip_warmup)."""
-    model = ConvNeXtV2CXR(num_classes, backbone=args.model, pretrained_backbone=args.pretrained,
+def build_model(args: argparse.Namespace, num_classes: int) -> tuple[ConvNeXtV2CXR, bool, list[str]]:
+    """The CSRA model initialised as the original; returns (model, skip_warmup, warnings for metrics.json)."""
+    from_stage1 = bool(args.pretrained_checkpoint) and args.pretrained_checkpoint.lower() != "none"
+    if args.resume_checkpoint or from_stage1:  # the backbone's ImageNet weights are overwritten anyway
+        weights, warnings = (args.pretrained_path if args.pretrained else None), []
+    else:
+        weights, warnings = pretrained_backbone(args, original="timm ImageNet weights")
+    model = ConvNeXtV2CXR(num_classes, backbone=args.model, pretrained_backbone=weights,
                           drop_path_rate=args.drop_path, head=args.head, lam=args.lam, num_heads=args.num_heads)
     if args.resume_checkpoint:
-        return model, load_resume_weights(model, args.resume_checkpoint)
-    if args.pretrained_checkpoint and args.pretrained_checkpoint.lower() != "none":
+        return model, load_resume_weights(model, args.resume_checkpoint), warnings
+    if from_stage1:
         path = Path(args.pretrained_checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"--pretrained_checkpoint: file not found: {path} (pass 'none' to start from ImageNet)")
         load_pretrained_and_surgery(model, path, keep_backbone_head_norm=args.keep_backbone_head_norm)
-    return model, False
+    return model, False, warnings
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -129,7 +135,7 @@ def main(args: argparse.Namespace) -> dict:
     )
     _logger.info("PadChest: %d train / %d val images, %d classes, %d removed", len(split.train_paths),
                  len(split.val_paths), len(split.class_names), split.removed)
-    model, skip_warmup = build_model(args, len(split.class_names))
+    model, skip_warmup, warnings = build_model(args, len(split.class_names))
     model.to(ctx.device)
     if ctx.distributed and ctx.device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -163,6 +169,7 @@ def main(args: argparse.Namespace) -> dict:
         ckpt_best="best_padchest_db_cas.pth", resume=args.resume, warmup_best_is_bar=args.warmup_best_is_bar,
         warmup_backbone_eval=args.warmup_backbone_eval, skip_warmup=skip_warmup, class_names=split.class_names,
         skip_nonfinite=args.skip_nonfinite, compile=args.compile, channels_last=args.channels_last,
+        warnings=warnings,
     )
     summary = two_phase_fit(task, loader_train, loader_val, settings=settings, ctx=ctx, run=run,
                             output_dir=args.output_dir, args=args)

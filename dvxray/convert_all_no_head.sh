@@ -8,6 +8,9 @@
 set -e
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
+# shellcheck source=../shell/runlib.sh
+source "$ROOT/shell/runlib.sh"
+runlib_help_from_header "$0" "$@"   # --help prints the header above and exits before anything runs
 SOURCE_DIR="${SOURCE_DIR:-student_weights}"
 DEST_DIR="${DEST_DIR:-student_weights_switch_no_head}"
 if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"; else PYTHON="${PYTHON:-python}"; fi

@@ -27,6 +27,7 @@ from common.dist import init_distributed
 from common.ema import ModelEma
 from common.engine import EpochCounter, FitConfig, build_loader, fit, updates_per_epoch
 from common.optim import build_optimizer
+from common.pretrained import random_init_warning
 from common.run import RunDir
 from common.schedule import ConstantSchedule, WarmupCosineSchedule
 from dvxray.datasets import AUG_MODES, TrainTransformPolicy, build_dataset, read_classes
@@ -262,9 +263,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                  len(dataset_val))
 
     model, signal = build_model_from_args(args)
+    warnings: list[str] = []
     if args.finetune:
         load_finetune_weights(model, args.finetune, model_prefix=args.model_prefix, model_mount=args.model_mount,
                               report_dir=out_dir)
+    else:
+        warnings.append(random_init_warning("--finetune", args.model, "a ConvNeXt-V2 checkpoint converted by "
+                                            "convert_all_no_head.sh"))
     criterion = build_base_criterion(args.base_loss, loss_params_from_args(args), signal)
     task = DvXrayTask(model, criterion).to(ctx.device)
     total_m, trainable_m = count_params(model)
@@ -291,7 +296,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         csv_name="training_log.csv", csv_columns=CSV_COLUMNS, class_names=class_names,
         # the PAN's N4/N5 outputs and the backbone's final norm are built (as in the original) but the
         # classifier reads N3 only, so DDP must tolerate parameters without gradients
-        find_unused_parameters=True, compile=args.compile, channels_last=args.channels_last,
+        find_unused_parameters=True, compile=args.compile, channels_last=args.channels_last, warnings=warnings,
     )
     epochs_trained = EpochCounter()
     callbacks = [TrainingLogCallback(args.epochs, monitor_key),

@@ -54,6 +54,9 @@
 #                                   command so that this becomes the exit status.
 #   Each command also sees RUNLIB_EXP_INDEX, RUNLIB_EXP_NAME and RUNLIB_EXP_OUT in its environment.
 #   RUNLIB_DESCRIPTION (optional, set by the driver): text printed at the top of --help.
+#   runlib_help_from_header SCRIPT ARGS...   For scripts without runlib options (demos, the weight
+#                                   converter, set-up, tests): if an argument is -h or --help, print
+#                                   SCRIPT's header comment as usage and exit 0 before anything runs.
 #
 # All state lives in RUNLIB_* globals; helpers are runlib_* (internal ones _runlib_*).
 
@@ -251,6 +254,19 @@ runlib_add() {
     RUNLIB_CMD_START+=("${#RUNLIB_ARGV[@]}")
     RUNLIB_CMD_LEN+=("$#")
     RUNLIB_ARGV+=("$@")
+}
+
+runlib_help_from_header() {
+    local script="$1" a
+    shift
+    for a in "$@"; do
+        if [[ "$a" == -h || "$a" == --help ]]; then
+            printf 'Usage: bash %s\n\n' "$script"
+            # the comment block after the shebang, without its leading "# "
+            sed -n '2,/^[^#]/{/^#/{s/^# \{0,1\}//;p}}' "$script"
+            exit 0
+        fi
+    done
 }
 
 runlib_will_execute() {

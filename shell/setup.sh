@@ -3,6 +3,9 @@
 # The install is skipped when pyproject.toml and the set of top-level packages have not changed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=runlib.sh
+source "$ROOT/shell/runlib.sh"
+runlib_help_from_header "$0" "$@"   # --help prints the header above and exits before anything runs
 cd "$ROOT"
 VENV="$ROOT/.venv"
 STAMP="$VENV/.installed-pyproject.sha256"

@@ -3,6 +3,9 @@
 # Extra arguments go to pytest (e.g. `bash shell/test.sh tests/common -k metrics`).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=runlib.sh
+source "$ROOT/shell/runlib.sh"
+runlib_help_from_header "$0" "$@"   # --help prints the header above and exits before anything runs
 cd "$ROOT"
 bash shell/setup.sh
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1

@@ -5,6 +5,9 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
+# shellcheck source=../shell/runlib.sh
+source "$ROOT/shell/runlib.sh"
+runlib_help_from_header "$0" "$@"   # --help prints the header above and exits before anything runs
 if [[ -x "$ROOT/.venv/bin/python" ]]; then PY="$ROOT/.venv/bin/python"; else PY=python; fi
 mkdir -p "${DEMO_DATA:-demo_data}" "${DEMO_OUT:-demo_runs}/xmnet"
 DATA="$(cd "${DEMO_DATA:-demo_data}" && pwd)/xmnet"

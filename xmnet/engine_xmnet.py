@@ -32,6 +32,7 @@ from torch import nn
 from common.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, save_checkpoint
 from common.dist import DistContext, init_distributed
 from common.engine import FitConfig, Task, build_loader, collect_outputs, fit, updates_per_epoch
+from common.pretrained import random_init_warning
 from common.run import RunDir
 from common.schedule import EpochCosineSchedule
 from xmnet.backboneModels import XMNetModel, load_pretrained
@@ -255,12 +256,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     # ---- model
     model = XMNetModel(args.backbone_class, args.num_classes, attention=attention_of(args),
                        segmentation=args.seg_included, unet=args.unet, att_from=args.att_from, fsds=args.fsds)
+    warnings: list[str] = []
     if args.pretrained_weights:
         n = load_pretrained(model.features, args.backbone_class, args.pretrained_weights)
         _logger.info("--pretrained_weights %s: %d tensors loaded", args.pretrained_weights, n)
     elif not args.model_path:
-        _logger.warning("no --pretrained_weights: %s starts from random weights (the original uses ImageNet weights)",
-                        args.backbone_class)
+        warnings.append(random_init_warning("--pretrained_weights", args.backbone_class,
+                                            "torchvision ImageNet weights"))
     if args.model_path:
         load_model_path(model, args.model_path)
     frozen = model.apply_freezing(freeze_all=args.freeze_all)
@@ -285,7 +287,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         monitor, mode = ("sel_train_ce", "min") if args.cls_included else ("sel_train_iou", "max")
     config = FitConfig(epochs=args.max_epoch, output_dir=out_dir, amp=args.amp, monitor=monitor, monitor_mode=mode,
                        resume=args.resume or None, csv_name="log.csv", dataset=args.dataset,
-                       compile=getattr(args, "compile", False), channels_last=getattr(args, "channels_last", None))
+                       compile=getattr(args, "compile", False), channels_last=getattr(args, "channels_last", None),
+                       warnings=warnings)
     summary = fit(task, optimizer, loader_train, config=config, ctx=ctx, run=run, schedule=schedule,
                   data_loader_val=loader_eval, metric_fn=make_metric_fn(task, ctx),
                   callbacks=[EpochHooks(task, [full_train, train_set])], args=args)

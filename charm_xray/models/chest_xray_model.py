@@ -21,6 +21,7 @@ from torch import nn
 from charm_xray.models.components import MemoryBank, MomentumFinalBlock, SpatialAttention
 from charm_xray.models.vgg16_lka import VGG16_LKA
 from common.checkpoint import CheckpointError, load_weights_file
+from common.pretrained import rename_torchvision_legacy_keys
 
 _logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def load_torchvision_weights(model: nn.Module, path: str | Path | None, what: st
         _logger.info("no --pretrained_weights given: %s starts from random weights (the original used "
                      "torchvision ImageNet weights)", what)
         return
-    state = load_weights_file(path)
+    state = rename_torchvision_legacy_keys(load_weights_file(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(

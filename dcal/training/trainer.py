@@ -24,6 +24,7 @@ from common.data.samplers import RandomIdentitySampler
 from common.dist import DistContext, init_distributed
 from common.engine import FitConfig, Task, build_loader, fit, updates_per_epoch
 from common.optim import build_optimizer
+from common.pretrained import random_init_warning
 from common.run import RunDir
 from common.schedule import ConstantSchedule, PiecewiseSchedule, WarmupCosineSchedule
 from dcal.datasets.base_dataset import ImageRecordDataset, Record
@@ -230,6 +231,8 @@ def train_from_config(cfg: ExperimentConfig, *, task_type: str, gpu: int = 0, re
     ctx: DistContext = init_distributed(resolve_device(cfg, gpu), flag="config key device (with --gpu)")
     run = RunDir(cfg.save_dir, {**(extra_args or {}), "config": to_dict(cfg)}, ctx, flag="config key save_dir")
     model = build_model(cfg)
+    warnings = [] if cfg.model.pretrained_path else [
+        random_init_warning("model.pretrained_path", cfg.model.backbone_name, "timm ImageNet weights")]
     mean, std = norm_stats(model)
     train_ds, eval_ds, class_names = build_datasets(cfg, mean, std)
     task = DCALTask(model, uncertainty_weighting=t.uncertainty_weighting, ce_weight=t.ce_weight,
@@ -261,6 +264,7 @@ def train_from_config(cfg: ExperimentConfig, *, task_type: str, gpu: int = 0, re
         monitor="acc1" if cfg.task_type == "fgvc" else "mAP", monitor_mode="max", resume=resume,
         class_names=class_names, dataset=cfg.data.dataset_name, find_unused_parameters=False,
         compile=bool((extra_args or {}).get("compile", False)), channels_last=(extra_args or {}).get("channels_last"),
+        warnings=warnings,
     )
     metric_fn = fgvc_metrics if cfg.task_type == "fgvc" else reid_metrics
     return fit(task, optimizer, loader_train, config=config, ctx=ctx, run=run, schedule=schedule,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.plots import OVERLAYS, _groups, find_logs, main, overlay_function, plot_run, read_log
+from common.plots import _groups, declared_overlays, find_logs, main, overlay_function, plot_run, read_log
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -71,9 +71,24 @@ def test_common_plots_imports_no_paper_and_overlays_resolve_lazily():
     code = "import sys, common.plots; print([p for p in ('dvxray','charm_xray','cxrlt','dcal','xmnet') if p in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-    assert set(OVERLAYS) == {"dvxray", "charm_xray", "cxrlt", "dcal", "xmnet"}
+    assert declared_overlays() == {p: f"{p}.plots:overlays" for p in ("dvxray", "charm_xray", "cxrlt", "dcal", "xmnet")}
     assert callable(overlay_function("charm_xray"))
     assert overlay_function("toy") is None
+
+
+def test_common_plots_names_no_paper_and_takes_registered_overlays(tmp_path, monkeypatch):
+    """common never imports a paper: the papers declare (pyproject entry points) or register their overlays."""
+    import common.plots
+
+    source = Path(common.plots.__file__).read_text()
+    for paper in ("dvxray", "charm_xray", "cxrlt", "dcal", "xmnet"):
+        assert f"{paper}.plots" not in source and f'"{paper}"' not in source, paper
+    drawn = []
+    monkeypatch.setattr(common.plots, "_REGISTERED", {})
+    common.plots.register_overlays("toy", lambda run, *, n_images: drawn.append(n_images) or [])
+    run = tmp_path / "run"
+    run.mkdir()
+    assert plot_run(run, paper="toy", n_images=3) == [] and drawn == [3]
 
 
 def test_charm_xray_attention_overlay_from_a_tiny_model(tmp_path):
