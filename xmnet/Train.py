@@ -25,7 +25,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.cli import add_channels_last_flag, add_compile_flag, run_main, str2bool
+from common.cli import add_amp_flag, add_channels_last_flag, add_compile_flag, run_main, str2bool
 from xmnet import engine_xmnet
 from xmnet.backboneModels import BACKBONES
 from xmnet.engine_xmnet import attention_of
@@ -70,8 +70,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="full-scale deep supervision: 0.95 L1 + 0.1/4 L2 + 0.1/8 L3 + 0.1/16 L4 + 0.1/32 L5 (default: off)")
     g.add_argument("--att_from", type=int, default=3,
                    help="first encoder level (1-5) with attention + deformable-conv augmentation; 6 = none (default: 3)")
-    g.add_argument("--amp", nargs="?", const="fp16", default="none", choices=("none", "fp16", "bf16", "auto"),
-                   help="autocast; bare --amp = fp16 + GradScaler as the original (bf16 on CPU) (default: none)")
+    add_amp_flag(g, default="none", bare="fp16",
+                 help="autocast; bare --amp = fp16 + GradScaler as the original (bf16 on CPU)")
     add_compile_flag(g)
     add_channels_last_flag(g)
     g.add_argument("--model_path", default=None,
