@@ -6,12 +6,12 @@ parameters without effect on gblinear: quirk 12), early stopping after 30 rounds
 
 Two protocols (``eval_on``):
 
-* ``val`` (default): early stopping and the objective (log-loss) on a validation part carved from the
-  training features; the best trial is the one with the lowest validation log-loss; its test accuracy
-  is reported.
-* ``test`` (the original, optimistic): ``eval_set`` = the test features drive early stopping, the
-  objective is the *training* log-loss, and "overall_best" is the maximum test accuracy over all
-  trials, i.e. model selection on the test set.
+* ``test`` (the original, optimistic; ``Train.py``'s default): the booster fits every training feature,
+  ``eval_set`` = the test features drive early stopping, the objective is the *training* log-loss, and
+  "overall_best" is the maximum test accuracy over all trials, i.e. model selection on the test set.
+* ``val`` (``--xgb_eval_on val``): early stopping and the objective (log-loss) on a validation part
+  carved from the training features (the booster fits the rest); the best trial is the one with the
+  lowest validation log-loss; its test accuracy is reported.
 
 Both protocols report ``best_accuracy`` (test accuracy of the best trial) and ``overall_best`` (max
 over trials, optimistic) as the original logs do. The study lives in Optuna storage (SQLite in the

@@ -67,7 +67,7 @@ def test_readme_step1_classification_and_xgboost(xm_root, tmp_path, monkeypatch)
     assert metrics["monitor"] == "sel_train_ce" and metrics["monitor_mode"] == "min" and metrics["epochs_run"] == 2
     assert {"acc1", "xgb_best_accuracy", "xgb_overall_best"} <= set(metrics["best"])
     assert 0.0 <= metrics["best"]["acc1"] <= 1.0 and metrics["xgboost"]["n_trials"] == 3
-    assert metrics["xgboost"]["eval_on"] == "val"
+    assert metrics["xgboost"]["eval_on"] == "test"  # the original protocol is the default
     # the selected epoch is the one with the lowest training CE (the original's rule)
     rows = [line.split(",") for line in (out / "log.csv").read_text().splitlines()]
     col = rows[0].index("val_sel_train_ce")
@@ -153,3 +153,21 @@ def test_drivers_run_on_demo_data_and_skip_completed(xm_root, tmp_path):
     assert (tmp_path / "out/resnet18/seg_unet3plus_att_from5/metrics.json").is_file()
     r = _driver("train_model_cls.sh", tmp_path, "1", "resnet18", "true", extra, "OUT_ROOT=out", "ATTENTION=mmanet")
     assert r.returncode == 0 and "skipped" in r.stdout
+
+
+def test_default_segmentation_target_is_the_raw_mask():
+    """xmnet.md §4.2/§6.3: the BCE target is the raw mask (bilinearly resized to the output), not mask > 0."""
+    args = Train.parse_args(["--xmnet", "--seg_ild", "--freeze_all", "--unet"])
+    torch.manual_seed(0)
+    model = XMNetModel("resnet18", 3, attention="xmnet", segmentation=True, unet=True).eval()
+    task = engine_xmnet.XMNetTask(model, cls_included=False, seg_included=True, maskguided=False, fsds=False,
+                                  seg_size=64, seg_target_mode=args.seg_target, freeze_features_bn=False)
+    img = torch.randn(2, 3, 64, 64)
+    mask = (torch.rand(2, 1, 64, 64) > 0.7).float() * 255
+    got = task((img, torch.tensor([0, 1]), mask))["seg_loss"]
+    with torch.no_grad():
+        logits = model(img)["seg"][0]
+    target = torch.nn.functional.interpolate(mask, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+    want = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert target.max() == 255  # raw values reach the loss
