@@ -352,11 +352,10 @@ def xgboost_stage(args: argparse.Namespace, model: XMNetModel, train_set: LeafVe
         val_feats = FeatureSet(train_feats.x[carved], train_feats.y[carved]) if carved else None
         train_source = FeatureSet(train_feats.x[keep], train_feats.y[keep])
     if args.xgb_reextract_train:
-        epoch = [0]
-
-        def train_source() -> FeatureSet:  # the original: augmented training features in every trial
-            epoch[0] += 1
-            train_set.set_epoch(10_000 + epoch[0])
+        def train_source(draw: int) -> FeatureSet:  # the original: augmented training features in every trial
+            # the augmentation epoch follows the study's progress, not this process: a resumed study
+            # draws what an uninterrupted one would
+            train_set.set_epoch(10_000 + draw)
             f = extract_features(model, train_set, **kw)
             return FeatureSet(f.x[keep], f.y[keep])
     return run_study(train_source, test_feats, num_class=num_class, output_dir=out_dir, eval_on=args.xgb_eval_on,

@@ -69,12 +69,13 @@ def test_reextract_callable_is_called_every_trial(tmp_path):
     train, val, test = digits_features()
     calls = []
 
-    def source():
-        calls.append(1)
+    def source(draw):
+        calls.append(draw)
         return train
 
-    run_study(source, test, val=val, num_class=10, output_dir=tmp_path, n_trials=3, n_estimators=5, nthread=1)
-    assert len(calls) == 3 + 1  # one per trial + the refit of the best trial
+    s = run_study(source, test, val=val, num_class=10, output_dir=tmp_path, n_trials=3, n_estimators=5, nthread=1)
+    # one per trial (draw = trials finished before it) + the refit of the best trial with its own draw
+    assert calls == [0, 1, 2, s["best_trial"]]
 
 
 def test_killed_study_resumes_with_finished_trials(tmp_path):
@@ -147,7 +148,7 @@ def test_default_protocol_is_the_originals(xm_root, tmp_path, monkeypatch):
     seen, model, train, test = _captured_study(monkeypatch, xm_root, tmp_path)
     assert seen["eval_on"] == "test" and seen["val"] is None
     assert callable(seen["train"])
-    first, second = seen["train"](), seen["train"]()
+    first, second = seen["train"](0), seen["train"](1)
     assert len(first.y) == len(second.y) == len(train) == 30  # 100 % of the training images, not 80 %
     assert sorted(first.y.tolist()) == sorted(train.labels)
     assert not np.allclose(first.x, second.x)  # another flip / crop in each trial
@@ -157,6 +158,7 @@ def test_default_protocol_is_the_originals(xm_root, tmp_path, monkeypatch):
         want = model(torch.stack(items))["features"].numpy()
     np.testing.assert_allclose(second.x, want, rtol=1e-4, atol=1e-5)
     assert len(seen["test"].y) == len(test)
+    np.testing.assert_array_equal(seen["train"](0).x, first.x)  # a draw is reproducible (resume)
 
 
 def test_validation_protocol_and_single_extraction_are_flags(xm_root, tmp_path, monkeypatch):
