@@ -26,7 +26,7 @@ if __package__ in (None, ""):
 
 from charm_xray import config  # noqa: E402
 from charm_xray.models.chest_xray_model import MODEL_NAMES  # noqa: E402
-from common.cli import run_main  # noqa: E402
+from common.cli import add_amp_flag, run_main  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -47,7 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="memory retrieval k (default: the checkpoint's, else 3; the notebooks' best used 5)")
     parser.add_argument("--seed", default=config.SEED, type=int, help="seed of the charm_notebook split (default: 85)")
     parser.add_argument("--device", default=config.DEVICE, help="cuda or cpu")
-    parser.add_argument("--amp", default="none", choices=["auto", "none", "bf16", "fp16"], help="default: none")
+    add_amp_flag(parser, default="none", help="autocast")
     parser.add_argument("--num_workers", default=2, type=int, help="loader workers (default: 2)")
     return parser
 

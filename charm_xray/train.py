@@ -20,7 +20,7 @@ from charm_xray import config  # noqa: E402
 from charm_xray.data import SPLITS  # noqa: E402
 from charm_xray.losses import AsymmetricLoss, ChestXrayLoss  # noqa: E402
 from charm_xray.models.chest_xray_model import MODEL_NAMES, describe_model_names  # noqa: E402
-from common.cli import add_channels_last_flag, add_compile_flag, run_main, str2bool  # noqa: E402
+from common.cli import add_amp_flag, add_channels_last_flag, add_compile_flag, run_main, str2bool  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -118,9 +118,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--exp_name", default="experiment", help="name of a single run (default: experiment)")
     g.add_argument("--seed", default=config.SEED, type=int, help="default: 85")
     g.add_argument("--device", default=config.DEVICE, help="cuda or cpu (default: cuda when available)")
-    g.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
-                   help="mixed precision (the original's to_fp16); auto: fp16/bf16 on CUDA, bf16 on CPUs with "
-                        "native bf16, else fp32 (default: auto)")
+    add_amp_flag(g, default="auto", help="mixed precision (the original's to_fp16); auto: fp16/bf16 on CUDA, bf16 on "
+                                         "CPUs with native bf16, else fp32")
     add_compile_flag(g)
     add_channels_last_flag(g)
     g.add_argument("--keep_stage_checkpoints", default=False, type=str2bool,

@@ -75,6 +75,23 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     raise ValueError(f"--amp: unknown value '{amp}' (choose from none, bf16, fp16, auto)")
 
 
+AMP_CHOICES = ("auto", "none", "bf16", "fp16")
+
+
+def add_amp_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, default: str, bare: str | None = None,
+                 help: str | None = None) -> None:
+    """``--amp {auto,none,bf16,fp16}``: the autocast dtype of every trainer (resolved by :func:`resolve_amp`).
+
+    Each script keeps its own default. ``bare``: the value of a bare ``--amp`` without a value (XMNet's
+    original ``--amp`` switch means fp16 + GradScaler); None = a value is required.
+    """
+    if default not in AMP_CHOICES or (bare is not None and bare not in AMP_CHOICES):
+        raise ValueError(f"add_amp_flag: default/bare must be one of {AMP_CHOICES}")
+    kw: dict[str, Any] = {"nargs": "?", "const": bare} if bare is not None else {}
+    text = help or "autocast: auto = bf16/fp16 on CUDA, bf16 on CPUs with native bf16, else fp32; fp16 becomes bf16 on CPU"
+    parser.add_argument("--amp", default=default, choices=AMP_CHOICES, help=f"{text} (default: {default})", **kw)
+
+
 def add_compile_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--compile [true|false]``: torch.compile the training step and the evaluation forward (ours)."""
     parser.add_argument(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from common.cli import add_channels_last_flag, add_compile_flag, str2bool
+from common.cli import add_amp_flag, add_channels_last_flag, add_compile_flag, str2bool
 from cxrlt.data import BAD_IMAGE_POLICIES
 
 _Group = argparse._ArgumentGroup
@@ -39,8 +39,7 @@ def add_phase_args(g: _Group) -> None:
     g.add_argument("--min_lr_factor", type=float, default=0.01, help="floor of the cosine factor (default: 0.01)")
     g.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping, <= 0 disables (default: 1.0)")
     g.add_argument("--ema_decay", type=float, default=0.9999, help="EMA decay (timm ModelEmaV2) (default: 0.9999)")
-    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="fp16",
-                   help="autocast dtype; fp16 becomes bf16 on CPU (default: fp16)")
+    add_amp_flag(g, default="fp16", help="autocast dtype; fp16 becomes bf16 on CPU")
     add_compile_flag(g)
     add_channels_last_flag(g)
     g.add_argument("--skip_nonfinite", type=str2bool, default=False,

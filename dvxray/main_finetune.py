@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.cli import add_channels_last_flag, add_compile_flag, run_main, str2bool, warn_unused_flag
+from common.cli import (
+    add_amp_flag,
+    add_channels_last_flag,
+    add_compile_flag,
+    run_main,
+    str2bool,
+    warn_unused_flag,
+)
 from common.dist import init_distributed
 from common.ema import ModelEma
 from common.engine import EpochCounter, FitConfig, build_loader, fit, updates_per_epoch
@@ -163,8 +170,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--use_scheduler", default=False, type=str2bool,
                    help="per-iteration warm-up (--warmup_epochs) + cosine to --min_lr; the original keeps the LR constant (default: false)")
     g.add_argument("--apply_drop_path", default=False, type=str2bool, help="build the backbone with --drop_path (default: false)")
-    g.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"),
-                   help="autocast: auto = bf16 where supported else fp16, as the original; CPU always bf16 (default: auto)")
+    add_amp_flag(g, default="auto", help="autocast: auto = bf16 where supported else fp16, as the original; CPU always bf16")
     add_compile_flag(g)
     add_channels_last_flag(g)
     g.add_argument("--sort_training_log", default=True, type=str2bool,

@@ -25,9 +25,9 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.cli import add_channels_last_flag, add_compile_flag, run_main, str2bool
+from common.cli import add_amp_flag, add_channels_last_flag, add_compile_flag, run_main, str2bool
 from xmnet import engine_xmnet
-from xmnet.backboneModels import BACKBONES
+from xmnet.backboneModels import BACKBONES, SEG_ARCHS
 from xmnet.engine_xmnet import attention_of
 from xmnet.leafvein2 import DATASETS
 
@@ -69,9 +69,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--fsds", action="store_true",
                    help="full-scale deep supervision: 0.95 L1 + 0.1/4 L2 + 0.1/8 L3 + 0.1/16 L4 + 0.1/32 L5 (default: off)")
     g.add_argument("--att_from", type=int, default=3,
-                   help="first encoder level (1-5) with attention + deformable-conv augmentation; 6 = none (default: 3)")
-    g.add_argument("--amp", nargs="?", const="fp16", default="none", choices=("none", "fp16", "bf16", "auto"),
-                   help="autocast; bare --amp = fp16 + GradScaler as the original (bf16 on CPU) (default: none)")
+                   help="first encoder level (1-5) whose skip is augmented (--seg_arch); 6 = none (default: 3)")
+    add_amp_flag(g, default="none", bare="fp16",
+                 help="autocast; bare --amp = fp16 + GradScaler as the original (bf16 on CPU)")
     add_compile_flag(g)
     add_channels_last_flag(g)
     g.add_argument("--model_path", default=None,
@@ -101,8 +101,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "original, or best accuracy/IoU on a validation part carved from train (default: train_ce)")
     g.add_argument("--val_fraction", type=float, default=0.1,
                    help="part of train used as validation with --select_on val (default: 0.1)")
-    g.add_argument("--seg_target", choices=("binary", "raw"), default="binary",
-                   help="BCE target: mask > 0 (binary) or the raw pixel values as the original (default: binary)")
+    g.add_argument("--seg_target", choices=("raw", "binary"), default="raw",
+                   help="BCE target: the raw mask pixel values as the original (raw), or mask > 0 (binary), valid "
+                        "for 0/1 and 0/255 PNGs alike (default: raw)")
+    g.add_argument("--seg_arch", choices=SEG_ARCHS, default="head",
+                   help="segmentation branch: head = HEAD 3563a4e (skips 0.5 x + 0.5 A x from --att_from, A from a "
+                        "1x1 conv per level; decoders as wide as the encoder; side outputs = channel means); "
+                        "ad0afa8d = the MMANet version (skips [x, sigmoid([mean, max]), deformable conv]); compact = "
+                        "this project's earlier variant (ad0afa8d skips, fixed widths 16-256, 3x3 side heads) "
+                        "(default: head)")
     g.add_argument("--save_masks", type=int, default=-1,
                    help="test images whose predicted mask is saved as a PNG overlay; -1 = all (default: -1)")
     g.add_argument("--plots", default=True, type=str2bool,
@@ -113,14 +120,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--xgb_stage", action=argparse.BooleanOptionalAction, default=None,
                    help="run the XGBoost stage after training (default: on when --cls_included)")
     g.add_argument("--n_trials", type=int, default=150, help="Optuna trials in total (default: 150)")
-    g.add_argument("--xgb_eval_on", choices=("val", "test"), default="val",
-                   help="early stopping + objective on a validation part of train (val), or the original's test-set "
-                        "early stopping with the training log-loss as objective (test; optimistic) (default: val)")
+    g.add_argument("--xgb_eval_on", choices=("test", "val"), default="test",
+                   help="test = the original: XGBoost fits on all training features, the test features drive early "
+                        "stopping, the objective is the training log-loss (optimistic); val = early stopping and "
+                        "objective on a --xgb_val_fraction part of the training features, fit on the rest "
+                        "(default: test)")
     g.add_argument("--xgb_val_fraction", type=float, default=0.2,
-                   help="part of the training features used for XGBoost early stopping (default: 0.2)")
+                   help="part of the training features used for early stopping with --xgb_eval_on val (default: 0.2)")
     g.add_argument("--xgb_n_estimators", type=int, default=100, help="boosting rounds before early stopping (default: 100)")
-    g.add_argument("--xgb_reextract_train", action="store_true",
-                   help="re-extract augmented training features in every trial, as the original (default: off: once)")
+    g.add_argument("--xgb_reextract_train", action=argparse.BooleanOptionalAction, default=True,
+                   help="re-extract the training features through the augmenting loader (flip + random crop) in "
+                        "every trial, as the original; --no-xgb_reextract_train: once, without augmentation "
+                        "(default: on)")
     g.add_argument("--xgb_batch_size", type=int, default=16, help="feature-extraction batch (default: 16, the original's)")
     g.add_argument("--optuna_storage", default=None,
                    help="Optuna RDB URL shared by several processes/machines (default: sqlite in --output_dir)")

@@ -37,8 +37,7 @@ cp output/resnet18/XMNet_Classification/best_model.pth best_model.pth
 
 # The drivers (one case each; a second call would skip them as completed)
 EXTRA="${TINY[*]} --batch_size 4 --max_epoch 2 --n_trials 3 --xgb_n_estimators 10 --save_masks 2"
-bash "$HERE/train_model_cls.sh" 1 resnet18 true ATTENTION=mmanet OUT_ROOT=drivers EXTRA_ARGS="$EXTRA"
-mkdir -p checkpoint
-cp drivers/resnet18/cls_1_mmanet/best_model.pth checkpoint/file.pth
+# (the README's pair: the segmentation drivers read case 1's best_model.pth by default)
+bash "$HERE/train_model_cls.sh" 1 resnet18 true OUT_ROOT=drivers EXTRA_ARGS="$EXTRA"
 bash "$HERE/train_model_seg.sh" 10 resnet18 true OUT_ROOT=drivers EXTRA_ARGS="$EXTRA"
 bash "$HERE/train_model_seg_unet3plus.sh" 9 resnet18 true OUT_ROOT=drivers EXTRA_ARGS="$EXTRA"

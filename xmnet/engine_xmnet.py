@@ -35,7 +35,7 @@ from common.engine import FitConfig, Task, build_loader, collect_outputs, fit, u
 from common.pretrained import random_init_warning
 from common.run import RunDir
 from common.schedule import EpochCosineSchedule
-from xmnet.backboneModels import XMNetModel, load_pretrained
+from xmnet.backboneModels import XMNetModel, load_pretrained, upgrade_legacy_keys
 from xmnet.leafvein2 import LeafVeinDataset, split_indices, subset_fraction
 from xmnet.unet3 import segmentation_loss
 from xmnet.utils import (
@@ -183,32 +183,38 @@ def make_metric_fn(task: XMNetTask, ctx: DistContext, *, with_train_sel: bool = 
     return metric_fn
 
 
+# the segmentation branch's keys: absent from a classification checkpoint (``Encoders.*`` only repeat
+# ``features.features.*``, the same tensors)
+SEG_KEY_PREFIXES = ("Encoders.", "atten_layers.", "offset_layers.", "center.", "decoder_layers.", "seg_head.")
+
+
 def load_model_path(model: XMNetModel, path: str) -> None:
-    """``--model_path``: load a checkpoint's 'net' (the original's) or 'model' entry; the segmentation
-    head may be absent (a classification checkpoint), every other key must match."""
+    """``--model_path``: load a checkpoint's 'net' (the original's) or 'model' entry with the original's
+    key names (this project's earlier names are translated); the segmentation branch may be absent (a
+    classification checkpoint), every other key must match."""
     ckpt = load_checkpoint(path)
     sd = ckpt.get("net", ckpt.get("model", ckpt))
     if not isinstance(sd, dict):
         raise CheckpointError(f"--model_path {path}: no state dict under 'net' or 'model'")
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-    load_state_dict_strict(model, sd, f"--model_path {path} (check --backbone_class, --num_classes and "
-                           "--xmnet/--mmanet)", allow_missing=("seg_head.",))
+    sd = upgrade_legacy_keys(sd, model)
+    load_state_dict_strict(model, sd, f"--model_path {path} (check --backbone_class, --num_classes, --seg_arch, "
+                           "--unet and --att_from)", allow_missing=SEG_KEY_PREFIXES)
     _logger.info("--model_path %s: loaded %d tensors", path, len(sd))
 
 
-@torch.inference_mode()
+def _features_and_labels(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+    img, label, _ = batch
+    return {"x": model(img)["features"], "y": label}
+
+
 def extract_features(model: XMNetModel, dataset: LeafVeinDataset, *, batch_size: int, ctx: DistContext,
                      num_workers: int = 0) -> FeatureSet:
-    """Pooled attention-modulated features (width from the backbone) and labels of a dataset."""
+    """Pooled attention-modulated features (width from the backbone) and labels of a dataset, the model
+    in eval mode as the original's (its last test epoch left it there); this process only (rank 0)."""
     loader = build_loader(dataset, batch_size, train=False, ctx=DistContext(device=ctx.device), num_workers=num_workers)
-    xs, ys = [], []
-    was = model.training
-    model.eval()
-    for img, label, _ in loader:
-        xs.append(model(img.to(ctx.device))["features"].float().cpu().numpy())
-        ys.append(label.numpy())
-    model.train(was)
-    return FeatureSet(np.concatenate(xs), np.concatenate(ys).astype(np.int64))
+    out = collect_outputs(model, loader, predict_fn=_features_and_labels, ctx=DistContext(device=ctx.device))
+    return FeatureSet(out["x"].numpy(), out["y"].numpy().astype(np.int64))
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -255,10 +261,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     # ---- model
     model = XMNetModel(args.backbone_class, args.num_classes, attention=attention_of(args),
-                       segmentation=args.seg_included, unet=args.unet, att_from=args.att_from, fsds=args.fsds)
+                       segmentation=args.seg_included, unet=args.unet, att_from=args.att_from, fsds=args.fsds,
+                       seg_arch=args.seg_arch)
     warnings: list[str] = []
     if args.pretrained_weights:
-        n = load_pretrained(model.features, args.backbone_class, args.pretrained_weights)
+        n = load_pretrained(model.features.features, args.backbone_class, args.pretrained_weights)
         _logger.info("--pretrained_weights %s: %d tensors loaded", args.pretrained_weights, n)
     elif not args.model_path:
         warnings.append(random_init_warning("--pretrained_weights", args.backbone_class,
@@ -325,27 +332,35 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def xgboost_stage(args: argparse.Namespace, model: XMNetModel, train_set: LeafVeinDataset,
                   test_set: LeafVeinDataset, root: Path, ctx: DistContext, out_dir: Path, name: str) -> dict:
+    """The XGBoost + Optuna stage on the pooled features. Default (the original, xmnet.md §7.2): fit on all
+    training features, re-extracted through the augmenting loader in every trial, early stopping on the
+    test features, objective = training log-loss. ``--xgb_eval_on val`` carves a validation part of the
+    training features for early stopping and the objective (fit on the rest); ``--no-xgb_reextract_train``
+    extracts the training features once, without augmentation."""
     kw = {"batch_size": args.xgb_batch_size, "ctx": ctx, "num_workers": args.num_workers}
-    # the non-augmented view of the network's training images
-    eval_view = train_set.with_augmentation(False)
-    train_feats = extract_features(model, eval_view, **kw)
     test_feats = extract_features(model, test_set, **kw)
-    keep, carved = split_indices(train_feats.y.tolist(), args.xgb_val_fraction, args.seed)
-    val_feats = FeatureSet(train_feats.x[carved], train_feats.y[carved]) if carved else None
-    fit_feats = FeatureSet(train_feats.x[keep], train_feats.y[keep]) if args.xgb_eval_on == "val" else train_feats
-    if args.xgb_eval_on == "val" and val_feats is None:
-        raise ValueError(f"--xgb_val_fraction {args.xgb_val_fraction}: no validation features (too few images)")
-    num_class = int(max(train_feats.y.max(), test_feats.y.max())) + 1
-    train_source: Any = fit_feats
+    labels = np.asarray(train_set.labels, dtype=np.int64)
+    if args.xgb_eval_on == "val":
+        keep, carved = split_indices(labels.tolist(), args.xgb_val_fraction, args.seed)
+        if not carved:
+            raise ValueError(f"--xgb_val_fraction {args.xgb_val_fraction}: no validation features (too few images)")
+    else:  # the original: every training feature is fitted
+        keep, carved = list(range(len(labels))), []
+    num_class = int(max(labels.max(), test_feats.y.max())) + 1
+    val_feats = None
+    train_source: Any
+    if carved or not args.xgb_reextract_train:
+        # the non-augmented view of the network's training images
+        train_feats = extract_features(model, train_set.with_augmentation(False), **kw)
+        val_feats = FeatureSet(train_feats.x[carved], train_feats.y[carved]) if carved else None
+        train_source = FeatureSet(train_feats.x[keep], train_feats.y[keep])
     if args.xgb_reextract_train:
-        epoch = [0]
-        fit_idx = keep if args.xgb_eval_on == "val" else list(range(len(train_set)))
-
-        def train_source() -> FeatureSet:  # the original: augmented training features in every trial
-            epoch[0] += 1
-            train_set.set_epoch(10_000 + epoch[0])
+        def train_source(draw: int) -> FeatureSet:  # the original: augmented training features in every trial
+            # the augmentation epoch follows the study's progress, not this process: a resumed study
+            # draws what an uninterrupted one would
+            train_set.set_epoch(10_000 + draw)
             f = extract_features(model, train_set, **kw)
-            return FeatureSet(f.x[fit_idx], f.y[fit_idx])
+            return FeatureSet(f.x[keep], f.y[keep])
     return run_study(train_source, test_feats, num_class=num_class, output_dir=out_dir, eval_on=args.xgb_eval_on,
                      val=val_feats, n_trials=args.n_trials, n_estimators=args.xgb_n_estimators,
                      storage=args.optuna_storage, study_name=args.optuna_study_name or f"xmnet_xgboost_{name}",

@@ -19,9 +19,8 @@ from torch.utils.data import Dataset
 from common.data.errors import DataError
 from common.data.formats.xmnet import XMNetRecord, read_xmnet
 from common.data.images import load_image
+from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DATASETS = ("soybean_1_1", "soybean_2_1", "btf", "hainan_leaf")
 
 

@@ -187,9 +187,10 @@ def overlays(run_dir: Path, *, n_images: int = 4) -> list[Path]:
     Raises:
         PlotError: the recorded flags and the weights do not fit together.
     """
-    from xmnet.backboneModels import XMNetModel
+    from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from xmnet.backboneModels import XMNetModel, upgrade_legacy_keys
     from xmnet.engine_xmnet import attention_of
-    from xmnet.leafvein2 import IMAGENET_MEAN, IMAGENET_STD, LeafVeinDataset
+    from xmnet.leafvein2 import LeafVeinDataset
     from xmnet.utils import seg_target
 
     run = Path(run_dir)
@@ -207,10 +208,12 @@ def overlays(run_dir: Path, *, n_images: int = 4) -> list[Path]:
               f"{Path.cwd()}", file=sys.stderr)
         return []
     attention = attention_of(args)
+    # runs recorded before --seg_arch existed used the compact decoders
     model = XMNetModel(args.backbone_class, args.num_classes, attention=attention, segmentation=args.seg_included,
-                       unet=args.unet, att_from=args.att_from, fsds=args.fsds)
+                       unet=args.unet, att_from=args.att_from, fsds=args.fsds,
+                       seg_arch=getattr(args, "seg_arch", "compact"))
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(upgrade_legacy_keys(state, model), strict=True)
     except RuntimeError as err:
         raise PlotError(f"xmnet overlays: {ckpt} does not fit the flags in {args_file} "
                         f"({str(err).splitlines()[0]})") from None

@@ -1,8 +1,15 @@
-"""Segmentation decoders of XMNet (ad0afa8d ``unet3.py``; xmnet.md §6.3) and the deep-supervision loss.
+"""Segmentation decoders of XMNet (``unet3.py``; xmnet.md §6.3) and the deep-supervision loss.
 
-Both decoders take the five encoder skips (level 1 = highest resolution) and return a list of logit
-maps: level 1 first (at level-1 resolution, i.e. half the input for most backbones, which matches the
-original's masks resized to seg_size / 2), then, with deep supervision, one side output per level 2-5.
+``UNetDecoderLevel`` / ``UNet3PlusDecoderLevel``: one level of the original's decoders
+(``UNetDecoderLayerModule`` / ``UNetDecoderLayerModule2`` and ``UNet3PlusDecoderLayerModule``), with its
+module names (``layers.<i>.*``), so that ``decoder_layers.{1..5}`` holds the original's keys. Their
+widths follow the encoder: U-Net level l maps [skip_l, deeper output] to the width of encoder level
+l-1 (level 1: to level 1's, then to 1 channel); UNet3+ levels fuse five 64-channel branches into one
+channel. ``UNetDecoder`` / ``UNet3PlusDecoder``: this project's earlier compact decoders
+(``--seg_arch compact``: fixed widths, 3x3 side heads).
+
+All decoders take the five encoder skips (level 1 = highest resolution) and return logits at level-1
+resolution (half the input for most backbones, the original's masks resized to seg_size / 2).
 """
 
 from __future__ import annotations
@@ -33,8 +40,76 @@ def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+def _fit(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``x`` at ``ref``'s spatial size (bilinear); unchanged when the sizes agree, as they always do for
+    inputs divisible by 32 (the original concatenated without resizing and crashed otherwise)."""
+    if x.shape[-2:] == ref.shape[-2:]:
+        return x
+    return F.interpolate(x, size=tuple(ref.shape[-2:]), mode="bilinear", align_corners=True)
+
+
+class UNetDecoderLevel(nn.Module):
+    """Level ``level`` of the original U-Net decoder (``--unet``): [skip_l, deeper output] -> 3x3 conv +
+    ReLU -> 3x3 conv + ReLU -> bilinear x2 (align_corners=True) for levels 2-5; level 1 ends in a 3x3
+    conv to 1 channel instead. Output width: encoder level l-1's (level 1: level 1's).
+
+    Args:
+        level: 1..5.
+        widths: output widths of the 5 encoder levels.
+        skip_widths: widths of the 5 skips (= ``widths`` for HEAD's attention-multiplied skips).
+    """
+
+    def __init__(self, level: int, widths: Sequence[int], skip_widths: Sequence[int], no_classes: int = 1):
+        super().__init__()
+        self.level = level
+        cin = skip_widths[level - 1] + widths[level - 1]  # the deeper level (or the centre) outputs widths[l-1]
+        cout = widths[level - 2] if level > 1 else widths[0]
+        last: nn.Module = (nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True) if level > 1
+                           else nn.Conv2d(cout, no_classes, kernel_size=3, padding=1))
+        self.layers = nn.ModuleDict({"1": nn.Sequential(
+            nn.Conv2d(cin, cout, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, kernel_size=3, padding=1), nn.ReLU(inplace=True), last)})
+
+    def forward(self, skips: Sequence[torch.Tensor], deeper: torch.Tensor) -> torch.Tensor:
+        skip = skips[self.level - 1]
+        return self.layers["1"](torch.cat([skip, _fit(deeper, skip)], dim=1))
+
+
+class UNet3PlusDecoderLevel(nn.Module):
+    """Level ``level`` of the original UNet3+ decoder (no ``--unet``): five 64-channel branches, for
+    source i = 1..5 a 3x3 conv of encoder skip i, or for i = level + 1 of the deeper decoder output
+    (1 channel), followed by bilinear x2^(i-l) up-sampling (align_corners=True) when i > l, or a 3x3
+    max-pool with stride 2^(l-i) (padding 1) when i < l; concatenated (320 channels) and fused by a
+    3x3 conv to 1 channel (+ BatchNorm + ReLU except at level 1). Level 5 reads only the encoder.
+    """
+
+    CAT = 64
+
+    def __init__(self, level: int, widths: Sequence[int], skip_widths: Sequence[int], no_classes: int = 1):
+        super().__init__()
+        self.level = level
+        self.layers = nn.ModuleDict()
+        for i in range(1, 6):
+            cin = no_classes if i == level + 1 else skip_widths[i - 1]
+            conv = nn.Conv2d(cin, self.CAT, kernel_size=3, padding=1)
+            if i > level:
+                self.layers[str(i)] = nn.Sequential(
+                    conv, nn.Upsample(scale_factor=2 ** (i - level), mode="bilinear", align_corners=True))
+            elif i < level:
+                self.layers[str(i)] = nn.Sequential(conv, nn.MaxPool2d(3, stride=2 ** (level - i), padding=1))
+            else:
+                self.layers[str(i)] = conv
+        fuse = nn.Conv2d(5 * self.CAT, no_classes, kernel_size=3, padding=1)
+        self.layers["6"] = fuse if level == 1 else nn.Sequential(fuse, nn.BatchNorm2d(no_classes), nn.ReLU(inplace=True))
+
+    def forward(self, skips: Sequence[torch.Tensor], deeper: torch.Tensor) -> torch.Tensor:
+        ref = skips[self.level - 1]
+        parts = [self.layers[str(i)](deeper if i == self.level + 1 else skips[i - 1]) for i in range(1, 6)]
+        return self.layers["6"](torch.cat([_fit(p, ref) for p in parts], dim=1))
+
+
 class UNetDecoder(nn.Module):
-    """``--unet``: centre 3x3 conv on level 5; levels 5 -> 1 each apply two 3x3 conv + ReLU to
+    """``--seg_arch compact --unet``: centre 3x3 conv on level 5; levels 5 -> 1 each apply two 3x3 conv + ReLU to
     [up-sampled deeper decoder output, skip], then bilinear x2 up-sampling to the next level (levels
     5-2); level 1 ends in a 3x3 conv to 1 channel. Widths 256, 128, 64, 32, 16 for levels 5..1.
     """
@@ -73,7 +148,7 @@ class UNetDecoder(nn.Module):
 
 
 class UNet3PlusDecoder(nn.Module):
-    """Default decoder (no ``--unet``): UNet3+ full-scale skips. Decoder level l (4..1) fuses five
+    """``--seg_arch compact`` without ``--unet``: UNet3+ full-scale skips. Decoder level l (4..1) fuses five
     64-channel branches (3x3 conv + BN + ReLU): encoder levels < l max-pooled down, encoder level l,
     deeper decoder levels (and level 5 = centre) bilinearly up-sampled, concatenated to 320 channels
     and fused by a 3x3 conv + BN + ReLU. Level 5 is a 3x3 conv centre block (320 channels).
@@ -122,13 +197,26 @@ def resize_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 def segmentation_loss(outputs: Sequence[torch.Tensor], mask: torch.Tensor, *, fsds: bool) -> torch.Tensor:
-    """BCE-with-logits of the level-1 output against ``mask``; with ``fsds`` the weighted sum
-    0.95 L1 + (0.1/4) L2 + (0.1/8) L3 + (0.1/16) L4 + (0.1/32) L5, the mask resized to each level."""
+    """BCE-with-logits of the level-1 output against ``mask`` (bilinearly resized to its size); with
+    ``fsds`` the weighted sum 0.95 L1 + (0.1/4) L2 + (0.1/8) L3 + (0.1/16) L4 + (0.1/32) L5.
+
+    As the original (ad0afa8d ``Train.py``), the side outputs' masks come from a cascade: the level-1
+    mask is halved (bilinear) again and again, and each output takes the first mask of its size (the
+    original's U-Net side output k is at 1/2^(k-2) of level 1); a size off the cascade is resized
+    directly.
+    """
+    target = resize_mask(mask, outputs[0].shape[-2:])
+    loss = F.binary_cross_entropy_with_logits(outputs[0], target)
     if not fsds:
-        return F.binary_cross_entropy_with_logits(outputs[0], resize_mask(mask, outputs[0].shape[-2:]))
+        return loss
     if len(outputs) != 5:
         raise ValueError(f"full-scale deep supervision needs 5 outputs, got {len(outputs)}")
-    total = outputs[0].new_zeros(())
-    for w, out in zip(FSDS_WEIGHTS, outputs):
-        total = total + w * F.binary_cross_entropy_with_logits(out, resize_mask(mask, out.shape[-2:]))
+    total = FSDS_WEIGHTS[0] * loss
+    m = target
+    for w, out in zip(FSDS_WEIGHTS[1:], outputs[1:]):
+        size = tuple(out.shape[-2:])
+        while tuple(m.shape[-2:]) != size and m.shape[-1] // 2 >= size[-1] and m.shape[-2] // 2 >= size[-2]:
+            m = F.interpolate(m, size=(m.shape[-2] // 2, m.shape[-1] // 2), mode="bilinear", align_corners=False)
+        t = m if tuple(m.shape[-2:]) == size else resize_mask(m, size)
+        total = total + w * F.binary_cross_entropy_with_logits(out, t)
     return total

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from xmnet.leafvein2 import IMAGENET_MEAN, IMAGENET_STD
+from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 MASK_GUIDANCE_WEIGHT = 0.1
 

@@ -6,12 +6,12 @@ parameters without effect on gblinear: quirk 12), early stopping after 30 rounds
 
 Two protocols (``eval_on``):
 
-* ``val`` (default): early stopping and the objective (log-loss) on a validation part carved from the
-  training features; the best trial is the one with the lowest validation log-loss; its test accuracy
-  is reported.
-* ``test`` (the original, optimistic): ``eval_set`` = the test features drive early stopping, the
-  objective is the *training* log-loss, and "overall_best" is the maximum test accuracy over all
-  trials, i.e. model selection on the test set.
+* ``test`` (the original, optimistic; ``Train.py``'s default): the booster fits every training feature,
+  ``eval_set`` = the test features drive early stopping, the objective is the *training* log-loss, and
+  "overall_best" is the maximum test accuracy over all trials, i.e. model selection on the test set.
+* ``val`` (``--xgb_eval_on val``): early stopping and the objective (log-loss) on a validation part
+  carved from the training features (the booster fits the rest); the best trial is the one with the
+  lowest validation log-loss; its test accuracy is reported.
 
 Both protocols report ``best_accuracy`` (test accuracy of the best trial) and ``overall_best`` (max
 over trials, optimistic) as the original logs do. The study lives in Optuna storage (SQLite in the
@@ -111,7 +111,7 @@ def accuracy(proba: np.ndarray, y: np.ndarray) -> float:
 
 
 def run_study(
-    train: FeatureSet | Callable[[], FeatureSet],
+    train: FeatureSet | Callable[[int], FeatureSet],
     test: FeatureSet,
     *,
     num_class: int,
@@ -130,8 +130,10 @@ def run_study(
     """Run (or resume) the Optuna study, refit the best trial, save the booster and a summary.
 
     Args:
-        train: training features, or a function returning them (called in every trial: the original's
-            re-extraction through the augmenting loader, ``--xgb_reextract_train``).
+        train: training features, or a function ``draw -> features`` (called in every trial: the
+            original's re-extraction through the augmenting loader, ``--xgb_reextract_train``). ``draw`` is
+            the number of trials finished before the trial, so a resumed study sees the augmentations of an
+            uninterrupted one; the refit of the best trial gets that trial's draw (its own features).
         test: test features.
         num_class: classes (from the data, not the original's hard-coded 200).
         output_dir: where ``xgboost_best.json`` (XGBoost JSON format), ``optuna_study_summary.json``
@@ -177,12 +179,13 @@ def run_study(
 
     # parallel trials (n_jobs > 1) would share a seed; their order is not reproducible anyway
     seeding = [seed_sampler] if n_jobs == 1 else []
-    get_train = train if callable(train) else (lambda: train)
-    fixed_train = None if callable(train) else train
+    get_train = train if callable(train) else (lambda _draw: train)
 
     def objective(trial: Any) -> float:
         params = suggest_params(trial)
-        tr = get_train()
+        draw = len(study.get_trials(deepcopy=False, states=(complete_state,)))
+        trial.set_user_attr("train_draw", draw)
+        tr = get_train(draw)
         evalset = val if eval_on == "val" else test
         booster = train_booster(params, tr, evalset, num_class=num_class, n_estimators=n_estimators, nthread=nthread)
         test_acc = accuracy(_proba(booster, test.x), test.y)
@@ -210,7 +213,7 @@ def run_study(
     best_acc = float(best.user_attrs["test_accuracy"])
     overall = max(complete, key=lambda t: t.user_attrs["test_accuracy"])
     # refit the best trial's parameters (deterministic with one thread) and save it in XGBoost's JSON
-    refit_train = fixed_train if fixed_train is not None else get_train()
+    refit_train = get_train(int(best.user_attrs.get("train_draw", 0)))
     booster = train_booster(best.params, refit_train, val if eval_on == "val" else test, num_class=num_class,
                             n_estimators=n_estimators, nthread=nthread)
     booster_path = out / "xgboost_best.json"

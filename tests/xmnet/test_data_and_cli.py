@@ -112,6 +112,16 @@ def test_both_versions_flags_and_defaults():
             a.n_trials, a.dataset) == (32, 0.05, 150, 448, 200, 1, 150, "soybean_2_1")
 
 
+def test_defaults_are_the_originals_protocol():
+    """The original: raw-mask BCE target (§4.2, §6.3), HEAD's segmentation branch, XGBoost fitted on every
+    training feature re-extracted per trial with test-set early stopping (§7.2); the others are flags."""
+    a = Train.parse_args(["--xmnet", "--seg_ild", "--cls_included"])
+    assert (a.seg_target, a.seg_arch, a.xgb_eval_on, a.xgb_reextract_train) == ("raw", "head", "test", True)
+    a = Train.parse_args(["--xmnet", "--cls_included", "--seg_ild", "--seg_target", "binary", "--seg_arch", "compact",
+                          "--xgb_eval_on", "val", "--no-xgb_reextract_train"])
+    assert (a.seg_target, a.seg_arch, a.xgb_eval_on, a.xgb_reextract_train) == ("binary", "compact", "val", False)
+
+
 @pytest.mark.parametrize("argv, text", [
     (["--xmnet", "--cls_included", "--transfer_to", "0"], "--transfer_to must be a fraction in (0, 1]"),
     (["--xmnet", "--cls_included", "--transfer_to", "1.5"], "--transfer_to must be a fraction in (0, 1]"),

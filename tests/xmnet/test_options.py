@@ -48,13 +48,15 @@ def test_pretrained_weights_from_local_file(tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save(ref.state_dict(), path)
     model = XMNetModel("resnet18", 5)
-    assert load_pretrained(model.features, "resnet18", path) == len(model.features.state_dict())
-    assert torch.equal(model.features.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
+    assert load_pretrained(model.features.features, "resnet18", path) == len(model.features.features.state_dict())
+    # the original's Sequential(*children[:-2]): layer4 is child 7
+    assert torch.equal(model.features.features[7][1].conv2.weight, ref.layer4[1].conv2.weight)
+    assert torch.equal(model.features.features[1].running_var, ref.bn1.running_var)
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
     with pytest.raises(CheckpointError, match="not resnet18 ImageNet weights"):
-        load_pretrained(model.features, "resnet18", path)
+        load_pretrained(model.features.features, "resnet18", path)
     with pytest.raises(CheckpointError, match="weights file not found"):
-        load_pretrained(model.features, "resnet18", tmp_path / "none.pth")
+        load_pretrained(model.features.features, "resnet18", tmp_path / "none.pth")
 
 
 def test_pretrained_densenet_old_key_names(tmp_path):
@@ -64,8 +66,9 @@ def test_pretrained_densenet_old_key_names(tmp_path):
     assert "features.denseblock1.denselayer1.norm.1.weight" in old
     torch.save(old, tmp_path / "densenet161.pth")
     model = XMNetModel("densenet161", 5)
-    load_pretrained(model.features, "densenet161", tmp_path / "densenet161.pth")
-    assert torch.equal(model.features.denseblock1.denselayer1.conv2.weight, ref.features.denseblock1.denselayer1.conv2.weight)
+    load_pretrained(model.features.features, "densenet161", tmp_path / "densenet161.pth")
+    assert torch.equal(model.features.features.denseblock1.denselayer1.conv2.weight,
+                       ref.features.denseblock1.denselayer1.conv2.weight)
 
 
 def test_help_lists_every_flag(capsys):

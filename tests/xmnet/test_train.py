@@ -3,6 +3,7 @@ metrics.json in the common schema, segmentation learning, and the three drivers 
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -67,7 +68,7 @@ def test_readme_step1_classification_and_xgboost(xm_root, tmp_path, monkeypatch)
     assert metrics["monitor"] == "sel_train_ce" and metrics["monitor_mode"] == "min" and metrics["epochs_run"] == 2
     assert {"acc1", "xgb_best_accuracy", "xgb_overall_best"} <= set(metrics["best"])
     assert 0.0 <= metrics["best"]["acc1"] <= 1.0 and metrics["xgboost"]["n_trials"] == 3
-    assert metrics["xgboost"]["eval_on"] == "val"
+    assert metrics["xgboost"]["eval_on"] == "test"  # the original protocol is the default
     # the selected epoch is the one with the lowest training CE (the original's rule)
     rows = [line.split(",") for line in (out / "log.csv").read_text().splitlines()]
     col = rows[0].index("val_sel_train_ce")
@@ -118,38 +119,97 @@ def test_drivers_case_numbers_and_dry_run(tmp_path):
     r = _driver("train_model_cls.sh", tmp_path, "2", "resnet50", "true", "--dry-run")
     assert r.returncode == 0, r.stderr
     assert "1 of 6 experiments selected" in r.stdout
-    assert "--xmnet --cls_included --maskguided" in r.stdout and "--data_dir ./data" in r.stdout
-    assert "--backbone_class resnet50" in r.stdout
-    r = _driver("train_model_cls.sh", tmp_path, "3", "densenet161", "false", "--dry-run")
-    assert "--data_dir /mnt/mywork/data --cls_included --output_dir" in r.stdout
+    assert "--xmnet --cls_included --maskguided" in r.stdout and "--backbone_class resnet50" in r.stdout
+    assert "--data_dir" not in r.stdout  # HEAD defines DATA_DIR but does not pass it
+    r = _driver("train_model_cls.sh", tmp_path, "3", "densenet161", "false", "--dry-run", "DATA_DIR=/d")
+    assert "--data_dir /d --cls_included --output_dir" in r.stdout
     r = _driver("train_model_cls.sh", tmp_path, "7")
     assert r.returncode == 1 and "provide a number between 1 and 6" in r.stderr
+    for driver, total in (("train_model_cls.sh", 6), ("train_model_seg.sh", 12), ("train_model_seg_unet3plus.sh", 12)):
+        r = _driver(driver, tmp_path)  # no case number: the original's error, nothing runs
+        assert r.returncode == 1 and f"between 1 and {total}" in r.stderr and not (tmp_path / "output").exists()
     r = _driver("train_model_seg.sh", tmp_path, "--run-specific", "1-12", "--dry-run")
     assert "12 of 12 experiments selected" in r.stdout
-    assert r.stdout.count("--mmanet --seg_ild --freeze_all --dataparallel --unet") == 12
+    assert r.stdout.count("--xmnet --seg_ild --freeze_all --dataparallel --unet") == 12
     assert r.stdout.count("--fsds") == 6 and "--att_from 6 --fsds" in r.stdout
     r = _driver("train_model_seg_unet3plus.sh", tmp_path, "5", "--dry-run")
     assert "--max_epoch 200" in r.stdout and "--unet" not in r.stdout and "--att_from 3 --output_dir" in r.stdout
+    # the original comments out the --fsds cases of the UNet3+ driver
+    r = _driver("train_model_seg_unet3plus.sh", tmp_path, "4", "--dry-run")
+    assert r.returncode == 1 and "commented out in the original" in r.stderr
+    r = _driver("train_model_seg_unet3plus.sh", tmp_path, "--run-specific", "1-12", "--dry-run")
+    assert "6 of 12 experiments selected" in r.stdout and "--fsds" not in r.stdout
+    r = _driver("train_model_seg_unet3plus.sh", tmp_path, "4", "--dry-run", "FSDS=1")
+    assert r.returncode == 0 and "--att_from 2 --fsds" in r.stdout
     r = _driver("train_model_seg.sh", tmp_path, "1", "resnet18", "true")
-    assert r.returncode == 1 and "classification checkpoint not found: ./checkpoint/file.pth" in r.stderr
+    assert r.returncode == 1 and "not found: ./output/resnet18/cls_1_xmnet/best_model.pth" in r.stderr
+
+
+def _dry_run_args(driver: str, cwd: Path, *args: str):
+    r = _driver(driver, cwd, *args, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    cmd = next(line.split("cmd: ", 1)[1] for line in r.stdout.splitlines() if "cmd: " in line)
+    argv = shlex.split(cmd)
+    return Train.parse_args(argv[argv.index(str(ROOT / "xmnet" / "Train.py")) + 1:])
+
+
+@pytest.mark.parametrize("seg_driver, case", [("train_model_seg.sh", "6"), ("train_model_seg_unet3plus.sh", "1")])
+def test_readme_driver_pair_flags_and_keys_fit(tmp_path, seg_driver, case):
+    """README: train_model_cls.sh 1 ... true, then train_model_seg.sh 6 ... true: the segmentation driver
+    reads case 1's best_model.pth by default, and that checkpoint loads strictly into its model."""
+    cls = _dry_run_args("train_model_cls.sh", tmp_path, "1", "resnet18", "true")
+    seg = _dry_run_args(seg_driver, tmp_path, case, "resnet18", "true")
+    assert Path(seg.model_path) == Path(cls.output_dir) / "best_model.pth"
+    assert engine_xmnet.attention_of(cls) == engine_xmnet.attention_of(seg) == "xmnet"
+
+    def build(a):
+        return XMNetModel(a.backbone_class, a.num_classes, attention=engine_xmnet.attention_of(a),
+                          segmentation=a.seg_included, unet=a.unet, att_from=a.att_from, fsds=a.fsds, seg_arch=a.seg_arch)
+
+    torch.manual_seed(0)
+    trained = build(cls)
+    torch.save({"net": trained.state_dict(), "test_iou": None, "Test_acc": 0.5, "epoch": 0}, tmp_path / "best.pth")
+    model = build(seg)
+    engine_xmnet.load_model_path(model, str(tmp_path / "best.pth"))
+    assert torch.equal(model.attention.weight, trained.attention.weight)
 
 
 @pytest.mark.slow
-def test_drivers_run_on_demo_data_and_skip_completed(xm_root, tmp_path):
-    shutil.copytree(xm_root, tmp_path / "data")
-    extra = "EXTRA_ARGS=" + " ".join([*TINY, "--max_epoch", "1"])
-    # the ad0afa8d flow: an MMANet classification checkpoint feeds the (MMANet) segmentation drivers
-    r = _driver("train_model_cls.sh", tmp_path, "1", "resnet18", "true", extra, "OUT_ROOT=out", "ATTENTION=mmanet")
+def test_readme_driver_pair_runs_as_written(tmp_path):
+    """The README's pair on synthetic data (python -m common.synth xmnet), tiny settings, resnet18."""
+    r = subprocess.run([sys.executable, "-m", "common.synth", "xmnet", str(tmp_path / "data/soybean_2_1"), "--n", "30"],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    extra = "EXTRA_ARGS=" + " ".join([*TINY, "--max_epoch", "1", "--plots", "false", "--save_masks", "1"])
+    r = _driver("train_model_cls.sh", tmp_path, "1", "resnet18", "true", extra)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    run = tmp_path / "out/resnet18/cls_1_mmanet"
-    assert (run / "_FINISHED").is_file() and (run / "metrics.json").is_file()
-    ckpt = next((run / "checkpoint").glob("*.pth"))
-    (tmp_path / "checkpoint").mkdir()
-    shutil.copy(ckpt, tmp_path / "checkpoint/file.pth")
-    for driver, case in (("train_model_seg.sh", "10"), ("train_model_seg_unet3plus.sh", "9")):
-        r = _driver(driver, tmp_path, case, "resnet18", "true", extra + " --save_masks 1", "OUT_ROOT=out")
-        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert (tmp_path / "out/resnet18/seg_unet_att_from5_fsds/metrics.json").is_file()
-    assert (tmp_path / "out/resnet18/seg_unet3plus_att_from5/metrics.json").is_file()
-    r = _driver("train_model_cls.sh", tmp_path, "1", "resnet18", "true", extra, "OUT_ROOT=out", "ATTENTION=mmanet")
+    run = tmp_path / "output/resnet18/cls_1_xmnet"
+    assert (run / "_FINISHED").is_file() and (run / "best_model.pth").is_file()
+    r = _driver("train_model_seg.sh", tmp_path, "6", "resnet18", "true", extra)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    seg = tmp_path / "output/resnet18/seg_unet_att_from3_fsds"
+    assert (seg / "_FINISHED").is_file() and (seg / "metrics.json").is_file()
+    assert "--model_path ./output/resnet18/cls_1_xmnet/best_model.pth: loaded" in (seg / "train.log").read_text()
+    r = _driver("train_model_seg_unet3plus.sh", tmp_path, "9", "resnet18", "true", extra)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert (tmp_path / "output/resnet18/seg_unet3plus_att_from5/metrics.json").is_file()
+    r = _driver("train_model_cls.sh", tmp_path, "1", "resnet18", "true", extra)
     assert r.returncode == 0 and "skipped" in r.stdout
+
+
+def test_default_segmentation_target_is_the_raw_mask():
+    """xmnet.md §4.2/§6.3: the BCE target is the raw mask (bilinearly resized to the output), not mask > 0."""
+    args = Train.parse_args(["--xmnet", "--seg_ild", "--freeze_all", "--unet"])
+    torch.manual_seed(0)
+    model = XMNetModel("resnet18", 3, attention="xmnet", segmentation=True, unet=True).eval()
+    task = engine_xmnet.XMNetTask(model, cls_included=False, seg_included=True, maskguided=False, fsds=False,
+                                  seg_size=64, seg_target_mode=args.seg_target, freeze_features_bn=False)
+    img = torch.randn(2, 3, 64, 64)
+    mask = (torch.rand(2, 1, 64, 64) > 0.7).float() * 255
+    got = task((img, torch.tensor([0, 1]), mask))["seg_loss"]
+    with torch.no_grad():
+        logits = model(img)["seg"][0]
+    target = torch.nn.functional.interpolate(mask, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+    want = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert target.max() == 255  # raw values reach the loss

@@ -69,12 +69,13 @@ def test_reextract_callable_is_called_every_trial(tmp_path):
     train, val, test = digits_features()
     calls = []
 
-    def source():
-        calls.append(1)
+    def source(draw):
+        calls.append(draw)
         return train
 
-    run_study(source, test, val=val, num_class=10, output_dir=tmp_path, n_trials=3, n_estimators=5, nthread=1)
-    assert len(calls) == 3 + 1  # one per trial + the refit of the best trial
+    s = run_study(source, test, val=val, num_class=10, output_dir=tmp_path, n_trials=3, n_estimators=5, nthread=1)
+    # one per trial (draw = trials finished before it) + the refit of the best trial with its own draw
+    assert calls == [0, 1, 2, s["best_trial"]]
 
 
 def test_killed_study_resumes_with_finished_trials(tmp_path):
@@ -104,3 +105,65 @@ def test_killed_study_resumes_with_finished_trials(tmp_path):
     after = {t["number"]: (t["params"], t["value"]) for t in s["trials"]}
     for number, params, value in before:  # the finished trials are kept, not rerun
         assert after[number] == (params, value)
+
+
+def _stage_inputs(xm_root, *extra):
+    import torch
+
+    from common.dist import DistContext
+    from tests.xmnet.helpers import tiny
+    from xmnet import Train
+    from xmnet.backboneModels import XMNetModel
+    from xmnet.leafvein2 import LeafVeinDataset
+
+    torch.manual_seed(0)
+    args = Train.parse_args(["--xmnet", "--cls_included", *tiny(xm_root, xm_root / "unused"), *extra])
+    root = xm_root / "soybean_2_1"
+    train = LeafVeinDataset(root, "train", train=True, crop=64, seed=1)
+    test = LeafVeinDataset(root, "test", train=False, crop=64)
+    model = XMNetModel("resnet18", 3, attention="xmnet")
+    return args, model, train, test, root, DistContext(device=torch.device("cpu"))
+
+
+def _captured_study(monkeypatch, xm_root, tmp_path, *extra):
+    from xmnet import engine_xmnet
+
+    seen = {}
+
+    def fake_run_study(train, test, **kw):  # what the stage hands to the study
+        seen.update(train=train, test=test, **kw)
+        return {}
+
+    monkeypatch.setattr(engine_xmnet, "run_study", fake_run_study)
+    args, model, train, test, root, ctx = _stage_inputs(xm_root, *extra)
+    engine_xmnet.xgboost_stage(args, model, train, test, root, ctx, tmp_path, "XMNet_Classification")
+    return seen, model, train, test
+
+
+def test_default_protocol_is_the_originals(xm_root, tmp_path, monkeypatch):
+    """xmnet.md §7.2: every training feature is fitted, re-extracted through the augmenting loader in each
+    trial (eval-mode network), and the test features drive early stopping."""
+    import torch
+
+    seen, model, train, test = _captured_study(monkeypatch, xm_root, tmp_path)
+    assert seen["eval_on"] == "test" and seen["val"] is None
+    assert callable(seen["train"])
+    first, second = seen["train"](0), seen["train"](1)
+    assert len(first.y) == len(second.y) == len(train) == 30  # 100 % of the training images, not 80 %
+    assert sorted(first.y.tolist()) == sorted(train.labels)
+    assert not np.allclose(first.x, second.x)  # another flip / crop in each trial
+    model.eval()
+    with torch.no_grad():  # the features of the augmented items, the network in eval mode
+        items = [train[i][0] for i in range(len(train))]
+        want = model(torch.stack(items))["features"].numpy()
+    np.testing.assert_allclose(second.x, want, rtol=1e-4, atol=1e-5)
+    assert len(seen["test"].y) == len(test)
+    np.testing.assert_array_equal(seen["train"](0).x, first.x)  # a draw is reproducible (resume)
+
+
+def test_validation_protocol_and_single_extraction_are_flags(xm_root, tmp_path, monkeypatch):
+    seen, _, train, _ = _captured_study(monkeypatch, xm_root, tmp_path, "--xgb_eval_on", "val",
+                                        "--no-xgb_reextract_train")
+    assert seen["eval_on"] == "val"
+    fit, val = seen["train"], seen["val"]
+    assert isinstance(fit, FeatureSet) and len(fit.y) + len(val.y) == len(train) and len(val.y) == 6  # 20 %
