@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import random
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +33,7 @@ from common.dist import DistContext, init_distributed
 from common.engine import FitConfig, Task, build_loader, collect_outputs, fit, updates_per_epoch
 from common.run import RunDir
 from common.schedule import EpochCosineSchedule
+from common.seed import seed_everything
 from xmnet.backboneModels import XMNetModel, load_pretrained
 from xmnet.leafvein2 import LeafVeinDataset, split_indices, subset_fraction
 from xmnet.unet3 import segmentation_loss
@@ -212,10 +212,9 @@ def extract_features(model: XMNetModel, dataset: LeafVeinDataset, *, batch_size:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     ctx = init_distributed(args.device)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    # its state is saved in every checkpoint too: seeded, two runs with one seed write identical checkpoints
-    random.seed(args.seed)
+    # Python's random state is saved in every checkpoint too: seeded, two runs with one seed write identical
+    # checkpoints
+    seed_everything(args.seed)
     name = run_name(args)
     out_dir = Path(args.output_dir or Path("output") / args.backbone_class / name)
     run = RunDir(out_dir, args, ctx)
