@@ -49,6 +49,18 @@ def file_sha256(path: str | Path) -> str:
     return digest
 
 
+def listing_sha256(folder: str | Path) -> str | None:
+    """SHA-256 of a folder's file list (relative names and sizes, sorted), None when it is not a folder: a cheap
+    stand-in for an image folder whose bytes are too many to hash on every run."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    h = hashlib.sha256()
+    for p in sorted(q for q in folder.rglob("*") if q.is_file()):
+        h.update(f"{p.relative_to(folder).as_posix()}\0{p.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
 def _plain(value: Any) -> Any:
     """JSON-safe, canonical value (tuples as lists, paths as text, numpy/torch scalars as numbers)."""
     if isinstance(value, Mapping):
@@ -103,7 +115,8 @@ class Fingerprint:
 
 
 def make_fingerprint(args: Any, *, exclude: Iterable[str] = (), inputs: Mapping[str, str | Path | None] = (),
-                     values: Mapping[str, Any] | None = None) -> Fingerprint:
+                     values: Mapping[str, Any] | None = None,
+                     digests: Mapping[str, str | None] | None = None) -> Fingerprint:
     """The fingerprint of ``args`` (a Namespace or mapping) minus ``exclude``, with ``values`` put over them
     (resolved values, e.g. a grid setting's momentum) and the SHA-256 of each file in ``inputs``.
 
@@ -113,6 +126,7 @@ def make_fingerprint(args: Any, *, exclude: Iterable[str] = (), inputs: Mapping[
             stand for a file hashed in ``inputs`` instead (so a moved data folder is still the same input).
         inputs: label -> file path (None or a missing file is recorded as None).
         values: flag name -> value that replaces (or adds to) the parsed one.
+        digests: label -> digest computed otherwise (e.g. :func:`listing_sha256` of an image folder).
     """
     items = dict(vars(args) if not isinstance(args, Mapping) else args)
     drop = set(exclude)
@@ -121,6 +135,7 @@ def make_fingerprint(args: Any, *, exclude: Iterable[str] = (), inputs: Mapping[
     hashed: dict[str, str | None] = {}
     for label, path in dict(inputs).items():
         hashed[label] = file_sha256(path) if path is not None and Path(path).is_file() else None
+    hashed.update(digests or {})
     return Fingerprint(flags, hashed)
 
 
