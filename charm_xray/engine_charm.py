@@ -15,14 +15,14 @@ fastai semantics reproduced here:
   model into body (the backbone) and head (final block, attention, classifier), as the README says.
 
 Each fit is a "stage" with its own folder (checkpoints, CSV, ``metrics.json``); a finished stage is
-marked by ``stage_done.json`` and skipped on a rerun, a killed one resumes from its last checkpoint.
+marked by ``stage_done.json`` and skipped on a rerun, a killed one resumes from its last checkpoint
+(``pipeline.check_reuse`` has made sure that the run folder was made with the same flags and inputs).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,7 @@ from common.engine import FitConfig, Task, fit, updates_per_epoch
 from common.metrics.multilabel import _macro, f1_scores, roc_auc_per_class
 from common.run import RunDir
 from common.schedule import OneCycleSchedule
+from common.seed import seed_everything
 
 _logger = logging.getLogger(__name__)
 STAGE_DONE = "stage_done.json"
@@ -152,12 +153,6 @@ def set_frozen(model: nn.Module, frozen: bool) -> None:
             p.requires_grad_(not frozen)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 # ----------------------------------------------------------------------------------------------
 # one fastai fit = one stage
 
@@ -214,21 +209,21 @@ def fit_one_cycle(stage_dir: Path, task: Task, optimizer: torch.optim.Optimizer,
                                 epochs * updates_per_epoch(loader_train), pct_start=pct_start, div=div,
                                 div_final=div_final)
     seed_everything(settings.seed + stage_seed + ctx.rank)
-    run = RunDir(stage_dir, args, ctx)
-    # a killed stage whose last checkpoint already ends the fit still goes through ``fit``: it trains
-    # nothing, rebuilds a best checkpoint the kill left unwritten (a kill between the two writes of the
-    # final epoch) and writes the stage's metrics.json
-    config = FitConfig(epochs=_epochs_to_fit(stage_dir, epochs), output_dir=stage_dir, amp=settings.amp,
-                       monitor="loss", monitor_mode="min",
-                       min_delta=settings.min_delta, patience=settings.patience, resume="auto",
-                       class_names=list(settings.class_names), dataset="chestxray14", progress=settings.progress,
-                       compile=settings.compile, channels_last=settings.channels_last)
-    lrs = sorted({round(g["lr_max"], 12) for g in optimizer.param_groups})
-    _logger.info("stage %s: fit_one_cycle(%d, lr_max %s, pct_start %.2f, div %g)", stage_dir.name, epochs, lrs,
-                 pct_start, div)
-    summary = fit(task, optimizer, loader_train, config=config, ctx=ctx, run=run, schedule=schedule,
-                  data_loader_val=loader_valid, metric_fn=make_metric_fn(task.loss_fn, settings.class_names),
-                  args=args)
+    with RunDir(stage_dir, args, ctx) as run:  # the stage's log; the caller's logs get its lines too
+        # a killed stage whose last checkpoint already ends the fit still goes through ``fit``: it trains
+        # nothing, rebuilds a best checkpoint the kill left unwritten (a kill between the two writes of the
+        # final epoch) and writes the stage's metrics.json
+        config = FitConfig(epochs=_epochs_to_fit(stage_dir, epochs), output_dir=stage_dir, amp=settings.amp,
+                           monitor="loss", monitor_mode="min",
+                           min_delta=settings.min_delta, patience=settings.patience, resume="auto",
+                           class_names=list(settings.class_names), dataset="chestxray14",
+                           progress=settings.progress, compile=settings.compile, channels_last=settings.channels_last)
+        lrs = sorted({round(g["lr_max"], 12) for g in optimizer.param_groups})
+        _logger.info("stage %s: fit_one_cycle(%d, lr_max %s, pct_start %.2f, div %g)", stage_dir.name, epochs, lrs,
+                     pct_start, div)
+        summary = fit(task, optimizer, loader_train, config=config, ctx=ctx, run=run, schedule=schedule,
+                      data_loader_val=loader_valid, metric_fn=make_metric_fn(task.loss_fn, settings.class_names),
+                      args=args)
     ctx.barrier()
     _load_best(task, optimizer, best, settings.with_opt)
     if ctx.is_primary:

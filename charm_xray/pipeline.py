@@ -5,12 +5,21 @@ Output folder (``--output_dir``, the original's ``/kaggle/working``)::
 
     models/phase1_<exp>.pth, models/final_<exp>.pth      weights + optimizer ({"model", "opt", ...})
     training_results.csv                                  mean_auc, class_auc, training_time, exp_name
-    parameter_search_results/grid_search_results.csv      momentum, k, threshold, mean_auc, ... error
-    parameter_search_results/heatmap_momentum_<m>.png     k x threshold AUC, one per momentum
+    parameter_search_results/grid_search_results.csv      momentum, k, threshold, mean_auc, ... error,
+                                                          fingerprint: one row per setting, kept across
+                                                          invocations (the newest row of a setting wins)
+    parameter_search_results/grid_search_results.fingerprint.json   the flags and inputs its rows share
+    parameter_search_results/heatmap_momentum_<m>.png     k x threshold AUC over all rows, one per momentum
     parameter_search_results/preds_<exp>.pt               test probabilities and targets
     runs/<exp>/                                           log, split report, lr_find.png, one folder per
                                                           fit (phase1_freeze, phase1, phase2), test
-                                                          metrics.json (common schema), roc_curves.png
+                                                          metrics.json (common schema), roc_curves.png,
+                                                          fingerprint.json (what the folder was made with)
+
+A setting's folder (``runs/<exp>/``: its finished result, finished stages, lr_find result, a killed stage's
+checkpoints) is reused only when its ``fingerprint.json`` equals this run's (:func:`setting_fingerprint`);
+otherwise the run stops before any work with one error naming the differing flags (``--overwrite``
+discards the old folder).
 """
 
 from __future__ import annotations
@@ -35,24 +44,53 @@ from charm_xray.engine_charm import (
     build_fastai_adam,
     fit_one_cycle,
     save_model_file,
-    seed_everything,
     set_frozen,
 )
 from charm_xray.losses import ChestXrayLoss
 from charm_xray.models import build_model
 from common.checkpoint import atomic_save, atomic_write_text, load_checkpoint
 from common.cli import resolve_amp
+from common.data.formats.chestxray14 import CSV_NAME, TEST_LIST, TRAIN_VAL_LIST
 from common.dist import DistContext, init_distributed
 from common.engine import build_loader, collect_outputs
+from common.fingerprint import (
+    FINGERPRINT_FILE,
+    Fingerprint,
+    FingerprintMismatch,
+    check,
+    make_fingerprint,
+    overwrite_ways,
+    read_fingerprint,
+    remove_paths,
+    write_fingerprint,
+)
 from common.lr_find import lr_find, plot_lr_find, suggest
 from common.metrics.multilabel import roc_auc_per_class
 from common.pretrained import add_protocol_warnings, random_init_warning
-from common.run import CsvLog, RunDir, setup_logging
+from common.run import CsvLog, RunDir
+from common.seed import seed_everything
 
 _logger = logging.getLogger(__name__)
 FINISHED = "_FINISHED"
 TRAINING_RESULTS_COLUMNS = ["mean_auc", "class_auc", "training_time", "exp_name"]
-GRID_COLUMNS = ["momentum", "k", "threshold", "mean_auc", "class_auc", "training_time", "exp_name", "error"]
+GRID_COLUMNS = ["momentum", "k", "threshold", "mean_auc", "class_auc", "training_time", "exp_name", "error",
+                "fingerprint"]
+GRID_CSV = "grid_search_results.csv"
+GRID_FINGERPRINT = "grid_search_results.fingerprint.json"
+
+# Flags left out of a setting's fingerprint: they do not change its result, or they stand for something
+# recorded otherwise.
+FINGERPRINT_EXCLUDED = (
+    "output_dir", "exp_name",  # where the result goes: they name the folder that is checked
+    "overwrite",  # what to do with an old result
+    # how it is computed: the same math on another device, with other loader processes, compiled or NHWC
+    # (equal up to float rounding)
+    "device", "num_workers", "compile", "channels_last",
+    "no_progress", "plots", "keep_stage_checkpoints",  # what is shown, drawn or kept afterwards
+    "momentum_values", "k_values", "threshold_values",  # the grid: a setting records its own m, k, threshold
+    "data_dir", "pretrained_weights",  # paths: the files' SHA-256 are recorded instead (a moved folder is the same)
+)
+SETTING_FLAGS = ("momentum", "retrieval_k", "rarity_threshold")  # what differs between a grid's settings
 
 
 def exp_name_for(momentum: float, k: int, threshold: float) -> str:
@@ -104,8 +142,9 @@ def _settings(args: argparse.Namespace) -> StageSettings:
 
 
 def _find_lr(args: argparse.Namespace, task: CharmTask, optimizer, loader, exp_dir: Path, ctx: DistContext) -> float:
-    """``--lr`` when given, else fastai's valley suggestion (saved, so a resumed run reuses it), falling
-    back to ``--lr_fallback`` as the original when the range test gives nothing usable."""
+    """``--lr`` when given, else fastai's valley suggestion (saved, so a resumed run reuses it: the setting's
+    fingerprint was checked before), falling back to ``--lr_fallback`` as the original when the range test
+    gives nothing usable."""
     if args.lr is not None:
         return args.lr
     saved = exp_dir / "lr_find.json"
@@ -158,7 +197,6 @@ def train_phases(args: argparse.Namespace, plan: SplitPlan, exp_name: str, momen
         fit_one_cycle(exp_dir / "phase1", task, optimizer, train1, valid1, epochs=args.phase1_epochs,
                       lr=(base_lr / args.lr_mult, base_lr), settings=settings, ctx=ctx, pct_start=0.3, div=5.0,
                       stage_seed=2, args=args)
-    setup_logging(exp_dir / "log.txt", is_primary=ctx.is_primary)
     if ctx.is_primary:
         save_model_file(out / "models" / f"phase1_{exp_name}.pth", task, optimizer, args, lr=base_lr * 2)
 
@@ -173,7 +211,6 @@ def train_phases(args: argparse.Namespace, plan: SplitPlan, exp_name: str, momen
         fit_one_cycle(exp_dir / "phase2", task, optimizer2, train2, valid2, epochs=args.phase2_epochs,
                       lr=(args.phase2_lr_min, args.phase2_lr_max), settings=settings, ctx=ctx, stage_seed=3,
                       args=args)
-    setup_logging(exp_dir / "log.txt", is_primary=ctx.is_primary)
     if ctx.is_primary:
         save_model_file(out / "models" / f"final_{exp_name}.pth", task, optimizer2, args)
     return model, base_lr * 2
@@ -242,16 +279,112 @@ def test_metrics_json(report: dict[str, Any], plan_report: dict[str, Any], proto
             "undefined_classes": report["undefined_classes"], **(extra or {})}
 
 
+# ----------------------------------------------------------------------------------------------
+# reuse: fingerprints of settings and of the grid table
+
+
+def setting_fingerprint(args: argparse.Namespace, momentum: float, k: int, threshold: float) -> Fingerprint:
+    """What determines one setting's result: the flags (without ``FINGERPRINT_EXCLUDED``, with the setting's
+    own momentum, k and threshold) and the SHA-256 of the data CSV, the two split lists and the weights."""
+    data = Path(args.data_dir)
+    inputs: dict[str, Any] = {f"--data_dir {name}": data / name for name in (CSV_NAME, TRAIN_VAL_LIST, TEST_LIST)}
+    inputs["--pretrained_weights"] = args.pretrained_weights
+    return make_fingerprint(args, exclude=FINGERPRINT_EXCLUDED, inputs=inputs,
+                            values={"momentum": momentum, "retrieval_k": k, "rarity_threshold": threshold})
+
+
+def setting_artefacts(out: Path, exp_name: str) -> list[Path]:
+    """What ``--overwrite`` discards for one setting: its run folder, saved models and test predictions."""
+    models = out / config.MODEL_PATHS["model_save_dir"]
+    return [out / "runs" / exp_name, models / f"phase1_{exp_name}.pth", models / f"final_{exp_name}.pth",
+            out / config.MODEL_PATHS["results_dir"] / f"preds_{exp_name}.pt"]
+
+
+def _reusable(exp_dir: Path) -> bool:
+    """True when a setting's folder holds something a rerun would reuse (a finished result, the lr_find
+    suggestion, a finished stage or a stage checkpoint to resume from)."""
+    if not exp_dir.is_dir():
+        return False
+    return (any((exp_dir / name).exists() for name in (FINISHED, "result.json", "lr_find.json"))
+            or any(exp_dir.glob("*/stage_done.json")) or any(exp_dir.glob("*/checkpoint_*.pth")))
+
+
+def _row_digest(shared: Fingerprint, row: dict[str, str]) -> str | None:
+    """The fingerprint a grid row must carry: ``shared`` with the row's own momentum, k and threshold."""
+    try:
+        setting = {"momentum": float(row["momentum"]), "retrieval_k": int(row["k"]),
+                   "rarity_threshold": float(row["threshold"])}
+    except (KeyError, TypeError, ValueError):
+        return None
+    return Fingerprint({**shared.args, **setting}, dict(shared.inputs)).digest()
+
+
+def check_reuse(args: argparse.Namespace, out: Path, runs: list[tuple[str, float, int, float]], grid: bool,
+                ctx: DistContext) -> dict[str, Fingerprint]:
+    """Before any work: each setting's fingerprint, checked against the folder a rerun would reuse and, for a
+    grid, against the rows of ``grid_search_results.csv`` (which its table and heat maps are drawn from).
+    A mismatch (or an old artefact without a fingerprint) raises ``FingerprintMismatch``; with
+    ``--overwrite`` the artefacts are discarded instead. Returns setting name -> fingerprint."""
+    place = "--output_dir" if grid else "--exp_name or --output_dir"
+    fingerprints: dict[str, Fingerprint] = {}
+    discard: list[Path] = []
+    for name, momentum, k, threshold in runs:
+        fp = fingerprints[name] = setting_fingerprint(args, momentum, k, threshold)
+        exp_dir = out / "runs" / name
+        if args.overwrite:
+            discard += setting_artefacts(out, name)
+        elif _reusable(exp_dir):
+            what = f"{'grid setting' if grid else '--exp_name'} {name} ({exp_dir})"
+            check(read_fingerprint(exp_dir / FINGERPRINT_FILE), fp, what=what, ways=overwrite_ways(place))
+    if grid:
+        results_dir = out / config.MODEL_PATHS["results_dir"]
+        table = results_dir / GRID_CSV
+        rows = CsvLog(table).read_rows()
+        shared = next(iter(fingerprints.values())).without(SETTING_FLAGS)
+        recorded = read_fingerprint(results_dir / GRID_FINGERPRINT)
+        bad_row = next((r.get("exp_name", "?") for r in rows if r.get("fingerprint") != _row_digest(shared, r)), None)
+        if rows and (recorded != shared or bad_row is not None):
+            if args.overwrite:
+                discard += [table, results_dir / GRID_FINGERPRINT, *results_dir.glob("heatmap_momentum_*.png")]
+            else:
+                ways = ("pass --overwrite to discard its rows and start the table again, or choose another "
+                        "--output_dir")
+                check(recorded, shared, what=f"{table} (the grid table this run adds its rows to)", ways=ways)
+                raise FingerprintMismatch(f"{table}: row {bad_row} has no fingerprint or another one than the "
+                                          f"table's, so it is not reused: {ways}")
+    if discard and ctx.is_primary:
+        _logger.info("--overwrite: discarding %s", ", ".join(str(p) for p in discard if p.exists()) or "nothing")
+        remove_paths(discard)
+    ctx.barrier()
+    return fingerprints
+
+
 def run_experiment(args: argparse.Namespace, plan: SplitPlan, exp_name: str, momentum: float, k: int,
-                   threshold: float, ctx: DistContext) -> dict[str, Any]:
-    """One setting, end to end (skipped when its ``_FINISHED`` marker exists); returns its result row."""
-    out = Path(args.output_dir)
+                   threshold: float, ctx: DistContext, fingerprint: Fingerprint) -> dict[str, Any]:
+    """One setting, end to end (a killed one resumes: :func:`check_reuse` checked its folder's fingerprint);
+    returns its result row."""
+    exp_dir = Path(args.output_dir) / "runs" / exp_name
+    if ctx.is_primary:  # first, so that whatever this run leaves behind is fingerprinted
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        write_fingerprint(exp_dir / FINGERPRINT_FILE, fingerprint)
+    ctx.barrier()
+    with RunDir(exp_dir, args, ctx):  # the setting's log.txt (train_log.txt keeps getting every line too)
+        return _train_and_test(args, plan, exp_name, momentum, k, threshold, ctx, fingerprint, exp_dir)
+
+
+def finished_result(out: Path, exp_name: str, fingerprint: Fingerprint) -> dict[str, Any] | None:
+    """The result row of a finished setting (its fingerprint was checked by :func:`check_reuse`), else None."""
     exp_dir = out / "runs" / exp_name
+    if (exp_dir / FINISHED).is_file() and (exp_dir / "result.json").is_file():
+        _logger.info("%s: already finished with the same flags and inputs, reused", exp_name)
+        return {**json.loads((exp_dir / "result.json").read_text()), "fingerprint": fingerprint.digest()}
+    return None
+
+
+def _train_and_test(args: argparse.Namespace, plan: SplitPlan, exp_name: str, momentum: float, k: int,
+                    threshold: float, ctx: DistContext, fingerprint: Fingerprint, exp_dir: Path) -> dict[str, Any]:
+    out = Path(args.output_dir)
     result_file = exp_dir / "result.json"
-    if (exp_dir / FINISHED).is_file() and result_file.is_file():
-        _logger.info("%s: already finished, skipped", exp_name)
-        return json.loads(result_file.read_text())
-    RunDir(exp_dir, args, ctx)
     if ctx.is_primary:
         atomic_write_text(json.dumps(plan.report, indent=2) + "\n", exp_dir / "split_report.json")
     for warning in plan.report.get("warnings", []):
@@ -265,7 +398,8 @@ def run_experiment(args: argparse.Namespace, plan: SplitPlan, exp_name: str, mom
     training_time = time.time() - t0  # this process's share when resumed
     result = {"momentum": momentum, "k": k, "threshold": threshold, "mean_auc": report["auc"],
               "class_auc": dict(zip(config.DISEASE_LABELS, report["per_class_auc"])),
-              "training_time": training_time, "exp_name": exp_name, "error": ""}
+              "training_time": training_time, "exp_name": exp_name, "error": "",
+              "fingerprint": fingerprint.digest()}
     _logger.info("%s: test ROC-AUC %.4f on %d images (%s split)", exp_name, report["auc"], len(targets),
                  plan.protocol)
     for name, value in result["class_auc"].items():
@@ -298,22 +432,33 @@ def _fmt_auc(v: Any) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6f}"
 
 
-def write_results(out: Path, results: list[dict[str, Any]], grid: bool) -> None:
-    """Rewrite ``training_results.csv`` (and, for a grid, ``grid_search_results.csv`` and the heat
-    maps) from the per-setting results, so a rerun never duplicates a row."""
+def write_results(out: Path, results: list[dict[str, Any]], grid: bool, shared: Fingerprint | None = None) -> None:
+    """Rewrite ``training_results.csv`` from this invocation's results; for a grid, merge them into
+    ``grid_search_results.csv`` (one row per setting, kept across invocations, a setting's newest row wins;
+    each row carries its setting's fingerprint, ``shared`` is what all rows share) and draw the heat maps
+    from all its rows."""
     rows = [{"mean_auc": _fmt_auc(r["mean_auc"]), "class_auc": json.dumps(r["class_auc"]),
              "training_time": f"{r['training_time']:.1f}", "exp_name": r["exp_name"]} for r in results if not r["error"]]
     CsvLog(out / "training_results.csv", TRAINING_RESULTS_COLUMNS).rewrite(rows)
     if not grid:
         return
     results_dir = out / config.MODEL_PATHS["results_dir"]
-    grid_rows = [{"momentum": r["momentum"], "k": r["k"], "threshold": r["threshold"],
-                  "mean_auc": _fmt_auc(r["mean_auc"]), "class_auc": json.dumps(r["class_auc"]) if r["class_auc"] else "",
-                  "training_time": f"{r['training_time']:.1f}", "exp_name": r["exp_name"], "error": r["error"]}
-                 for r in results]
-    CsvLog(results_dir / "grid_search_results.csv", GRID_COLUMNS).rewrite(grid_rows)
-    for momentum in sorted({r["momentum"] for r in results}):
-        plot_heatmap([r for r in results if r["momentum"] == momentum], momentum,
+    table = CsvLog(results_dir / GRID_CSV, GRID_COLUMNS)
+    new = {r["exp_name"]: {"momentum": str(r["momentum"]), "k": str(r["k"]), "threshold": str(r["threshold"]),
+                           "mean_auc": _fmt_auc(r["mean_auc"]),
+                           "class_auc": json.dumps(r["class_auc"]) if r["class_auc"] else "",
+                           "training_time": f"{r['training_time']:.1f}", "exp_name": r["exp_name"],
+                           "error": r["error"], "fingerprint": r["fingerprint"]} for r in results}
+    # rows of earlier invocations (check_reuse made sure they share this invocation's flags and inputs)
+    merged = [new.pop(row["exp_name"], row) for row in table.read_rows()] + list(new.values())
+    if shared is not None:
+        write_fingerprint(results_dir / GRID_FINGERPRINT, shared)
+    table.rewrite(merged)
+    every = [{"momentum": float(r["momentum"]), "k": int(r["k"]), "threshold": float(r["threshold"]),
+              "mean_auc": float(r["mean_auc"]) if r["mean_auc"] not in ("", None) else None, "error": r["error"]}
+             for r in merged]
+    for momentum in sorted({r["momentum"] for r in every}):
+        plot_heatmap([r for r in every if r["momentum"] == momentum], momentum,
                      results_dir / f"heatmap_momentum_{momentum}.png")
 
 
@@ -330,13 +475,15 @@ def plot_heatmap(results: list[dict[str, Any]], momentum: float, path: Path) -> 
     ks = sorted({r["k"] for r in results})
     ts = sorted({r["threshold"] for r in results})
     grid = np.full((len(ks), len(ts)), np.nan)
+    ran = np.zeros((len(ks), len(ts)), dtype=bool)  # rows accumulate over invocations: a cell may not be run yet
     for r in results:
+        ran[ks.index(r["k"]), ts.index(r["threshold"])] = True
         if not r["error"] and r["mean_auc"] is not None:
             grid[ks.index(r["k"]), ts.index(r["threshold"])] = r["mean_auc"]
     fig, ax = plt.subplots(figsize=(max(4.5, 1.6 + 1.2 * len(ts)), 1.4 + 0.8 * len(ks)))
     im = ax.imshow(grid, cmap="viridis", aspect="auto")
     for i, j in itertools.product(range(len(ks)), range(len(ts))):
-        text = "failed" if np.isnan(grid[i, j]) else f"{grid[i, j]:.4f}"
+        text = ("failed" if ran[i, j] else "not run") if np.isnan(grid[i, j]) else f"{grid[i, j]:.4f}"
         bright = np.isnan(grid[i, j]) or grid[i, j] >= np.nanmean(grid)  # viridis is light at the top; NaN is blank
         ax.text(j, i, text, ha="center", va="center", color="k" if bright else "w", fontsize=9)
     ax.set_xticks(range(len(ts)), [str(t) for t in ts])
@@ -349,26 +496,38 @@ def plot_heatmap(results: list[dict[str, Any]], momentum: float, path: Path) -> 
     return save_figure(fig, path)
 
 
+def load_plan(args: argparse.Namespace) -> SplitPlan:
+    """The data table and the phases' split (``--split``)."""
+    plan = make_split(load_table(args.data_dir), args.split, seed=args.seed, valid_pct=args.valid_pct,
+                      phase1_findings_only=args.phase1_findings_only)
+    _logger.info("%s split: phase 1 %d train / %d valid, phase 2 %d train / %d valid, test %d images",
+                 plan.protocol, len(plan.phase1.train), len(plan.phase1.valid), len(plan.phase2.train),
+                 len(plan.phase2.valid), len(plan.phase2.test))
+    return plan
+
+
 def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     """``train.py``: one setting (``--exp_name``) or the grid; returns each setting's result."""
     ctx = init_distributed(args.device)
     out = Path(args.output_dir)
     RunDir(out, args, ctx, log_name="train_log.txt")
-    table = load_table(args.data_dir)
-    plan = make_split(table, args.split, seed=args.seed, valid_pct=args.valid_pct,
-                      phase1_findings_only=args.phase1_findings_only)
-    _logger.info("%s split: phase 1 %d train / %d valid, phase 2 %d train / %d valid, test %d images",
-                 plan.protocol, len(plan.phase1.train), len(plan.phase1.valid), len(plan.phase2.train),
-                 len(plan.phase2.valid), len(plan.phase2.test))
     settings = grid_settings(args)
     grid = settings is not None
     if not grid:
         settings = [(args.momentum, args.retrieval_k, args.rarity_threshold)]
+    names = [exp_name_for(*s) if grid else args.exp_name for s in settings]
+    # before any work: a setting's old folder (and the grid table) is reused only when made the same way
+    fingerprints = check_reuse(args, out, [(n, *s) for n, s in zip(names, settings)], grid, ctx)
+    shared = fingerprints[names[0]].without(SETTING_FLAGS)
+    plan = None  # read when a setting has to run: reusing finished ones reads no data
     results, failed = [], []
-    for momentum, k, threshold in settings:
-        name = exp_name_for(momentum, k, threshold) if grid else args.exp_name
+    for name, (momentum, k, threshold) in zip(names, settings):
         try:
-            results.append(run_experiment(args, plan, name, momentum, k, threshold, ctx))
+            result = finished_result(out, name, fingerprints[name])
+            if result is None:
+                plan = plan or load_plan(args)
+                result = run_experiment(args, plan, name, momentum, k, threshold, ctx, fingerprints[name])
+            results.append(result)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # the notebooks record the error and go on with the next setting
@@ -377,10 +536,10 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
             _logger.error("%s failed: %s", name, err)
             failed.append(name)
             results.append({"momentum": momentum, "k": k, "threshold": threshold, "mean_auc": None, "class_auc": {},
-                            "training_time": 0.0, "exp_name": name, "error": f"{type(err).__name__}: {err}"})
+                            "training_time": 0.0, "exp_name": name, "error": f"{type(err).__name__}: {err}",
+                            "fingerprint": fingerprints[name].digest()})
         if ctx.is_primary:
-            write_results(out, results, grid)
-        setup_logging(out / "train_log.txt", is_primary=ctx.is_primary)
+            write_results(out, results, grid, shared)
     if failed:
         raise SystemExit(f"error: {len(failed)} of {len(settings)} grid setting(s) failed: {', '.join(failed)} "
                            f"(see {out / config.MODEL_PATHS['results_dir'] / 'grid_search_results.csv'})")

@@ -116,6 +116,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("run")
     g.add_argument("--output_dir", default="working", help="the original's /kaggle/working (default: working)")
     g.add_argument("--exp_name", default="experiment", help="name of a single run (default: experiment)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="discard the old results of these settings (runs/<exp>/, models, predictions; for a grid "
+                        "also table rows made with other flags) and start again; without it, a setting whose "
+                        "folder was made with other flags or inputs stops the run before any work (default: off)")
     g.add_argument("--seed", default=config.SEED, type=int, help="default: 85")
     g.add_argument("--device", default=config.DEVICE, help="cuda or cpu (default: cuda when available)")
     add_amp_flag(g, default="auto", help="mixed precision (the original's to_fp16); auto: fp16/bf16 on CUDA, bf16 on "

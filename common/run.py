@@ -28,23 +28,40 @@ _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def setup_logging(log_file: str | Path | None = None, *, is_primary: bool = True, level: int = logging.INFO) -> None:
     """Console logging on the primary rank (warnings only elsewhere) and an optional log file.
 
-    Calling it again replaces the handlers it installed before (safe in tests and in-process reruns).
+    Calling it again replaces the handlers it (or a :class:`RunDir`) installed before (safe in tests and in-process
+    reruns).
     """
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_common_run", False):
             root.removeHandler(h)
             h.close()
+    _OPEN_RUN_DIRS.clear()
+    _install_console(is_primary=is_primary, level=level)
+    if log_file is not None and is_primary:
+        root.addHandler(_file_handler(log_file))
+
+
+def _install_console(*, is_primary: bool, level: int = logging.INFO) -> None:
+    """(Re)place the console handler; bound to the current ``sys.stderr`` (pytest swaps it per test)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_common_run", False) and getattr(h, "_common_console", False):
+            root.removeHandler(h)
+            h.close()
     root.setLevel(level if is_primary else logging.WARNING)
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s", "%H:%M:%S"))
     console._common_run = True
+    console._common_console = True
     root.addHandler(console)
-    if log_file is not None and is_primary:
-        fh = logging.FileHandler(log_file, mode="a", encoding="utf-8")
-        fh.setFormatter(logging.Formatter(_LOG_FORMAT))
-        fh._common_run = True
-        root.addHandler(fh)
+
+
+def _file_handler(log_file: str | Path) -> logging.FileHandler:
+    fh = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+    fh.setFormatter(logging.Formatter(_LOG_FORMAT))
+    fh._common_run = True
+    return fh
 
 
 def to_plain(obj: Any) -> Any:
@@ -170,6 +187,10 @@ def prepare_output_dir(path: str | Path, *, flag: str = "--output_dir") -> Path:
     return path
 
 
+# RunDirs whose log file handler is installed, outermost first
+_OPEN_RUN_DIRS: list[RunDir] = []
+
+
 class RunDir:
     """The output folder of one run.
 
@@ -182,6 +203,12 @@ class RunDir:
 
     The folder is created and checked for writability here, before training (``prepare_output_dir``),
     and temporary files left by an interrupted atomic write are removed.
+
+    Logging: opening a run folder adds a handler for its log file to the root logger and keeps the
+    handlers of the caller (its console, its own log file). A run folder inside another open one nests (a
+    stage's lines reach the stage's log and the experiment's); a run folder elsewhere (the next stage, the
+    next in-process run) first closes the open ones it is not inside. ``close()`` (or leaving a ``with``
+    block) removes only this folder's handler.
     """
 
     def __init__(self, output_dir: str | Path, args: argparse.Namespace | Mapping[str, Any] | None,
@@ -192,10 +219,37 @@ class RunDir:
             prepare_output_dir(self.path, flag=flag)
             for stale in remove_stale_temp_files(self.path):
                 _logger.info("removed %s, left by an interrupted write", stale)
-        setup_logging(self.path / log_name if self.is_primary else None, is_primary=self.is_primary)
+        self._handler: logging.Handler | None = None
+        _install_console(is_primary=self.is_primary)
+        if self.is_primary:
+            self._open_log(self.path / log_name)
         self.args = args_to_dict(args)
         if self.is_primary and self.args:
             self.write_json("args.json", self.args)
+
+    def _open_log(self, log_file: Path) -> None:
+        here = self.path.resolve()
+        for other in reversed(list(_OPEN_RUN_DIRS)):
+            if here == other.path.resolve() or not here.is_relative_to(other.path.resolve()):
+                other.close()
+        self._handler = _file_handler(log_file)
+        logging.getLogger().addHandler(self._handler)
+        _OPEN_RUN_DIRS.append(self)
+
+    def close(self) -> None:
+        """Remove this folder's log file handler (the caller's handlers stay)."""
+        if self._handler is not None:
+            logging.getLogger().removeHandler(self._handler)
+            self._handler.close()
+            self._handler = None
+        if self in _OPEN_RUN_DIRS:
+            _OPEN_RUN_DIRS.remove(self)
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def csv(self, name: str, columns: Sequence[str] | None = None) -> CsvLog:
         return CsvLog(self.path / name, columns, enabled=self.is_primary)

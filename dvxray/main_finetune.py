@@ -15,12 +15,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import random
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 from common.cli import (
     add_amp_flag,
@@ -37,6 +33,7 @@ from common.optim import build_optimizer
 from common.pretrained import random_init_warning
 from common.run import RunDir
 from common.schedule import ConstantSchedule, WarmupCosineSchedule
+from common.seed import seed_everything
 from dvxray.datasets import AUG_MODES, TrainTransformPolicy, build_dataset, read_classes
 from dvxray.engine_finetune import (
     CSV_COLUMNS,
@@ -207,12 +204,6 @@ def loss_params_from_args(args: argparse.Namespace) -> LossParams:
     return LossParams(**{f: getattr(args, f) for f in LossParams.__dataclass_fields__})
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _finish_outputs(args: argparse.Namespace, run: RunDir, summary: dict[str, Any], class_names: list[str],
                     monitor_key: str, total_params_m: float, *, trained: bool = True) -> None:
     out = Path(args.output_dir)
@@ -252,7 +243,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     ctx = init_distributed(args.device)
     run = RunDir(args.output_dir, args, ctx)
     out_dir = Path(args.output_dir)
-    _seed_everything(args.seed + ctx.rank)
+    seed_everything(args.seed + ctx.rank)
 
     class_names = read_classes(args.classes_file, args.num_classes)
     policy = TrainTransformPolicy(args.aug_mode, args.input_size, class_names, epochs=args.epochs,

@@ -28,7 +28,10 @@
 #                                   and --run-count are then ignored (with a notice)
 #         --run-count N             in sequential mode select at most N experiments (0 = all);
 #                                   finished experiments that get skipped still count
-#         --skip-completed | --no-skip-completed   skip when <out>/_FINISHED exists (default: skip)
+#         --skip-completed | --no-skip-completed   skip when <out>/_FINISHED exists and records this
+#                                   experiment's fingerprint (default: skip); a _FINISHED with another
+#                                   fingerprint (or none) stops the driver before any run (exit 2)
+#         --overwrite               = --no-skip-completed: run finished experiments again
 #         --dry-run                 print number, name, output folder and shell-quoted command of
 #                                   each selected experiment; run and create nothing
 #         -h | --help               usage plus the experiments table (printed by runlib_run)
@@ -48,10 +51,16 @@
 #                                   finished ones, `mkdir -p OUT`, remove a stale OUT/_FINISHED
 #                                   (so a failed re-run never looks finished), run CMD with stdout+stderr
 #                                   appended to OUT/train.log (after a header line), write
-#                                   OUT/_FINISHED (`date '+%F %T'`, temp file + mv) on success
-#                                   only, continue after failures, print a summary. Returns 0, or
-#                                   1 listing the failed experiments; make it the driver's last
-#                                   command so that this becomes the exit status.
+#                                   OUT/_FINISHED (`date '+%F %T'`, then the fingerprint, temp file
+#                                   + mv) on success only, continue after failures, print a summary.
+#                                   Returns 0, or 1 listing the failed experiments, or 2 (nothing
+#                                   run) when a selected experiment's _FINISHED was written by another
+#                                   command; make it the driver's last command so that this becomes
+#                                   the exit status.
+#   Fingerprint of an experiment: its command words and the driver's KEY=VALUE overrides (the last
+#   value of each key). _FINISHED holds the date, `fingerprint sha256:<hex>`, then one `arg WORD` line
+#   per (shell-quoted) command word and one `env KEY VALUE` line per override, from which a mismatch
+#   names the differing flags.
 #   Each command also sees RUNLIB_EXP_INDEX, RUNLIB_EXP_NAME and RUNLIB_EXP_OUT in its environment.
 #   RUNLIB_DESCRIPTION (optional, set by the driver): text printed at the top of --help.
 #   runlib_help_from_header SCRIPT ARGS...   For scripts without runlib options (demos, the weight
@@ -191,7 +200,7 @@ runlib_parse_args() {
                 esac
                 ;;
             --skip-completed) RUNLIB_SKIP_COMPLETED=1 ;;
-            --no-skip-completed) RUNLIB_SKIP_COMPLETED=0 ;;
+            --no-skip-completed|--overwrite) RUNLIB_SKIP_COMPLETED=0 ;;
             --dry-run) RUNLIB_DRY_RUN=1 ;;
             -h|--help) RUNLIB_HELP=1 ;;
             -*)
@@ -289,6 +298,8 @@ Options:
   --run-count N          select at most N experiments in sequential mode (default: 0 = all)
   --skip-completed       skip experiments whose output folder holds _FINISHED (default)
   --no-skip-completed    run them again
+  --overwrite            the same as --no-skip-completed (a _FINISHED written by another
+                         command stops the driver before any run unless one of them is given)
   --dry-run              print each selected experiment and its command; run nothing
   -h, --help             show this help and exit
   KEY=VALUE              export KEY before the experiments are defined (e.g. EPOCHS=1)
@@ -388,6 +399,119 @@ _runlib_overrides_check() {  # warn about overrides that name no declared variab
     done
 }
 
+# ---------------------------------------------------------------- fingerprints of finished runs
+
+# The fingerprint lines of experiment index I (0-based): `arg WORD` per command word, `env KEY VALUE`
+# per override (sorted by key, the last value of a key wins); words and values shell-quoted, one line each.
+_runlib_fp_lines() {
+    local i="$1" w k
+    for w in "${RUNLIB_ARGV[@]:RUNLIB_CMD_START[i]:RUNLIB_CMD_LEN[i]}"; do
+        printf 'arg %s\n' "$(_runlib_quote "$w")"
+    done
+    local -A last=()
+    for w in "${RUNLIB_OVERRIDES[@]}"; do
+        last["${w%%=*}"]="${w#*=}"
+    done
+    (( ${#last[@]} > 0 )) || return 0
+    # keys are shell identifiers (checked when parsed): safe to split
+    for k in $(printf '%s\n' "${!last[@]}" | LC_ALL=C sort); do
+        printf 'env %s %s\n' "$k" "$(_runlib_quote "${last[$k]}")"
+    done
+}
+
+_runlib_fp_digest() {  # fingerprint lines on stdin -> sha256:<hex>
+    local sum
+    sum="$(sha256sum)"
+    printf 'sha256:%s' "${sum%% *}"
+}
+
+# Fill the associative array named $1 with flag -> value from fingerprint lines on stdin: `--k=v` and
+# `--k v...` (the words up to the next flag; "(set)" for none), positional words as "word N", overrides as
+# "env KEY". Lines other than arg/env (the date, the fingerprint) are ignored.
+_runlib_fp_map() {
+    local -n _rl_map="$1"
+    local line kind word key="" value="" n=0 bare
+    while IFS= read -r line; do
+        kind="${line%% *}"
+        word="${line#* }"
+        if [[ "$kind" == env ]]; then
+            _rl_map["env ${word%% *}"]="${word#* }"
+            continue
+        fi
+        [[ "$kind" == arg ]] || continue
+        n=$((n + 1))
+        bare="${word#\'}"
+        bare="${bare#\$\'}"
+        if [[ "$bare" == -* ]]; then
+            if [[ -n "$key" ]]; then _rl_map["$key"]="${value:-(set)}"; fi
+            key="" value=""
+            if [[ "$bare" == *=* ]]; then
+                _rl_map["${bare%%=*}"]="${word#*=}"
+            else
+                key="$word"
+            fi
+        elif [[ -n "$key" ]]; then
+            value+="${value:+ }$word"
+        else
+            _rl_map["word $n"]="$word"
+        fi
+    done
+    if [[ -n "$key" ]]; then _rl_map["$key"]="${value:-(set)}"; fi
+}
+
+# "flag old -> new; ..." between the fingerprint lines in files $1 (old) and $2 (new), at most six.
+_runlib_fp_diff() {
+    local -A old=() new=()
+    _runlib_fp_map old <"$1"
+    _runlib_fp_map new <"$2"
+    local -a diffs=()
+    local k
+    while IFS= read -r k; do
+        [[ -n "$k" ]] || continue
+        local a="${old[$k]-(not set)}" b="${new[$k]-(not set)}"
+        if [[ "$a" != "$b" ]]; then
+            (( ${#a} <= 60 )) || a="${a:0:57}..."
+            (( ${#b} <= 60 )) || b="${b:0:57}..."
+            diffs+=("$k $a -> $b")
+        fi
+    done <<<"$(printf '%s\n' "${!old[@]}" "${!new[@]}" | LC_ALL=C sort -u)"
+    if (( ${#diffs[@]} == 0 )); then
+        printf 'the same flags in another order'
+        return 0
+    fi
+    local text="${diffs[0]}" j
+    for (( j = 1; j < ${#diffs[@]} && j < 6; j++ )); do
+        text+="; ${diffs[j]}"
+    done
+    (( ${#diffs[@]} <= 6 )) || text+=" (and $(( ${#diffs[@]} - 6 )) more)"
+    printf '%s' "$text"
+}
+
+# State of experiment index I's _FINISHED: sets _RUNLIB_MARK to none | same | nofp | other, and for
+# nofp/other _RUNLIB_MARK_WHY to the reason.
+_runlib_marker_state() {
+    local i="$1" marker="${RUNLIB_OUTS[$1]}/_FINISHED" recorded current new_lines
+    _RUNLIB_MARK=none
+    _RUNLIB_MARK_WHY=""
+    [[ -e "$marker" ]] || return 0
+    new_lines="$(_runlib_fp_lines "$i")"
+    current="$(printf '%s\n' "$new_lines" | _runlib_fp_digest)"
+    recorded="$(sed -n 's/^fingerprint //p' -- "$marker" 2>/dev/null | head -n 1)"
+    if [[ -z "$recorded" ]]; then
+        _RUNLIB_MARK=nofp
+        _RUNLIB_MARK_WHY="$marker has no fingerprint (written before runlib recorded one), so it cannot be checked against this command"
+    elif [[ "$recorded" == "$current" ]]; then
+        _RUNLIB_MARK=same
+    else
+        _RUNLIB_MARK=other
+        local tmp
+        tmp="$(mktemp)"
+        printf '%s\n' "$new_lines" >"$tmp"
+        _RUNLIB_MARK_WHY="$marker was written by another command ($(_runlib_fp_diff "$marker" "$tmp"))"
+        rm -f -- "$tmp"
+    fi
+}
+
 # Run experiment N; prints nothing on success, sets _RUNLIB_STATUS to a failure reason otherwise.
 _runlib_exec_one() {
     local n="$1" total="$2"
@@ -432,7 +556,10 @@ _runlib_exec_one() {
         return 0
     fi
     tmp="$out/._FINISHED.tmp.$$"
-    if ! { date '+%F %T' >"$tmp" && mv -f -- "$tmp" "$marker"; }; then
+    local fp_lines
+    fp_lines="$(_runlib_fp_lines "$i")"
+    if ! { { date '+%F %T' && printf 'fingerprint %s\n' "$(printf '%s\n' "$fp_lines" | _runlib_fp_digest)" &&
+             printf '%s\n' "$fp_lines"; } >"$tmp" && mv -f -- "$tmp" "$marker"; }; then
         rm -f -- "$tmp"
         _RUNLIB_STATUS="cannot write '$marker'"
     fi
@@ -467,11 +594,16 @@ runlib_run() {
             i=$((n - 1))
             out="${RUNLIB_OUTS[i]}"
             local state=""
-            if [[ -e "$out/_FINISHED" ]]; then
-                if (( RUNLIB_SKIP_COMPLETED )); then
-                    state=" (finished: would be skipped)"
-                else
+            _runlib_marker_state "$i"
+            if [[ "$_RUNLIB_MARK" != none ]]; then
+                if (( ! RUNLIB_SKIP_COMPLETED )); then
                     state=" (finished: would run again)"
+                elif [[ "$_RUNLIB_MARK" == same ]]; then
+                    state=" (finished: would be skipped)"
+                elif [[ "$_RUNLIB_MARK" == nofp ]]; then
+                    state=" (finished without a fingerprint: the driver would stop; --overwrite runs it again)"
+                else
+                    state=" (finished by another command: the driver would stop; --overwrite runs it again)"
                 fi
             fi
             printf '[%d/%d] %s%s\n' "$n" "$total" "${RUNLIB_NAMES[i]}" "$state"
@@ -479,6 +611,22 @@ runlib_run() {
             printf '    cmd: %s\n' "$(_runlib_quote "${RUNLIB_ARGV[@]:RUNLIB_CMD_START[i]:RUNLIB_CMD_LEN[i]}")"
         done
         return 0
+    fi
+    # before any run: a finished experiment is skipped only when its _FINISHED records this command
+    if (( RUNLIB_SKIP_COMPLETED )); then
+        local stale=0
+        for n in "${RUNLIB_SELECTED[@]}"; do
+            i=$((n - 1))
+            _runlib_marker_state "$i"
+            if [[ "$_RUNLIB_MARK" == nofp || "$_RUNLIB_MARK" == other ]]; then
+                printf 'runlib: error: [%d/%d] %s: %s; it is not skipped: pass --overwrite to run it again, or give it another output folder\n' \
+                    "$n" "$total" "${RUNLIB_NAMES[i]}" "$_RUNLIB_MARK_WHY" >&2
+                stale=$((stale + 1))
+            fi
+        done
+        if (( stale > 0 )); then
+            return 2
+        fi
     fi
     local ran=0 skipped=0 ok=0
     local -a failed=()

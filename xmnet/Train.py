@@ -137,6 +137,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="Optuna RDB URL shared by several processes/machines (default: sqlite in --output_dir)")
     g.add_argument("--optuna_study_name", default=None, help="study name (default: xmnet_xgboost_<name>)")
     g.add_argument("--optuna_n_jobs", type=int, default=1, help="parallel trials in this process (default: 1)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="delete an old Optuna study of this run (and its summary and booster) and search again; "
+                        "without it, a study whose finished trials were made with other flags or inputs stops the "
+                        "run before any training (default: off)")
     g.add_argument("--xgb_nthread", type=int, default=None, help="XGBoost threads (default: XGBoost's)")
     return p
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import random
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -32,9 +31,11 @@ from torch import nn
 from common.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, save_checkpoint
 from common.dist import DistContext, init_distributed
 from common.engine import FitConfig, Task, build_loader, collect_outputs, fit, updates_per_epoch
+from common.fingerprint import Fingerprint, listing_sha256, make_fingerprint
 from common.pretrained import random_init_warning
 from common.run import RunDir
 from common.schedule import EpochCosineSchedule
+from common.seed import seed_everything
 from xmnet.backboneModels import XMNetModel, load_pretrained, upgrade_legacy_keys
 from xmnet.leafvein2 import LeafVeinDataset, split_indices, subset_fraction
 from xmnet.unet3 import segmentation_loss
@@ -49,7 +50,7 @@ from xmnet.utils import (
     timestamp_name,
     write_model_accuracies,
 )
-from xmnet.xgb_stage import FeatureSet, run_study
+from xmnet.xgb_stage import FeatureSet, check_study, run_study
 
 _logger = logging.getLogger(__name__)
 
@@ -69,6 +70,36 @@ def resolved_batch_size(args: argparse.Namespace) -> int:
     if args.batch_size is not None:
         return args.batch_size
     return 8 if args.model_path else 32
+
+
+# Flags left out of the Optuna study's fingerprint: they do not change the features or the search, or they stand
+# for something recorded otherwise.
+STUDY_FINGERPRINT_EXCLUDED = (
+    "output_dir", "optuna_storage", "optuna_study_name",  # where the study lives
+    "overwrite", "resume",  # what to do with old artefacts (a resumed training ends as an uninterrupted one)
+    # how fast: devices, loader processes, DataParallel, compilation, memory layout, parallel trials, threads
+    "device", "num_workers", "dataparallel", "compile", "channels_last", "optuna_n_jobs", "xgb_nthread",
+    "plots", "save_masks", "local_train",  # pictures, mask overlays, a flag without effect
+    "xgb_stage",  # whether the stage runs: a study is only reused when it does
+    "n_trials",  # the study is extended to --n_trials finished trials in total (its trials stay valid)
+    "data_dir", "model_path", "pretrained_weights",  # paths: the files' SHA-256 are recorded instead
+)
+
+
+def study_fingerprint(args: argparse.Namespace, root: Path) -> Fingerprint:
+    """What the XGBoost study's trials are made from: the training and XGBoost flags (lr and batch size as
+    resolved), labels.pkl, the image folders' file lists, --model_path and --pretrained_weights."""
+    digests = {f"--data_dir {args.dataset}/{folder}/ (file list)": listing_sha256(root / folder)
+               for folder in ("train", "test", "l2_mask")}
+    return make_fingerprint(args, exclude=STUDY_FINGERPRINT_EXCLUDED,
+                            values={"lr": resolved_lr(args), "batch_size": resolved_batch_size(args)},
+                            inputs={f"--data_dir {args.dataset}/labels.pkl": root / "labels.pkl",
+                                    "--model_path": args.model_path, "--pretrained_weights": args.pretrained_weights},
+                            digests=digests)
+
+
+def study_name_of(args: argparse.Namespace) -> str:
+    return args.optuna_study_name or f"xmnet_xgboost_{run_name(args)}"
 
 
 def run_name(args: argparse.Namespace) -> str:
@@ -219,10 +250,9 @@ def extract_features(model: XMNetModel, dataset: LeafVeinDataset, *, batch_size:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     ctx = init_distributed(args.device)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    # its state is saved in every checkpoint too: seeded, two runs with one seed write identical checkpoints
-    random.seed(args.seed)
+    # Python's random state is saved in every checkpoint too: seeded, two runs with one seed write identical
+    # checkpoints
+    seed_everything(args.seed)
     name = run_name(args)
     out_dir = Path(args.output_dir or Path("output") / args.backbone_class / name)
     run = RunDir(out_dir, args, ctx)
@@ -232,6 +262,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if not root.is_dir():
         raise FileNotFoundError(f"--data_dir {args.data_dir}: dataset folder not found: {root} (expected labels.pkl, "
                                 "train/, test/, l2_mask/ inside)")
+    run_xgb = (args.xgb_stage if args.xgb_stage is not None else args.cls_included) and args.n_trials > 0
+    study_fp = study_fingerprint(args, root) if run_xgb else None
+    if study_fp is not None:  # before any training: an old study is only reused when made the same way
+        check_study(args.optuna_storage, out_dir, study_name_of(args), study_fp,
+                    overwrite=args.overwrite and ctx.is_primary)
+        ctx.barrier()
 
     # ---- data: train (optionally a --transfer_to fraction; a carved validation part), test
     full_train = LeafVeinDataset(root, "train", train=True, crop=args.crop_size, seed=args.seed)
@@ -317,9 +353,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         return summary
 
     xgb_summary = None
-    run_xgb = args.xgb_stage if args.xgb_stage is not None else args.cls_included
-    if run_xgb and args.n_trials > 0:
-        xgb_summary = xgboost_stage(args, model, train_set, test_set, root, ctx, out_dir, name)
+    if run_xgb:
+        xgb_summary = xgboost_stage(args, model, train_set, test_set, root, ctx, out_dir, name, study_fp)
     if args.seg_included and args.save_masks != 0:
         save_predicted_masks(model, test_set, out_dir / "predicted_masks", args.save_masks, ctx)
     summary = finish_outputs(args, run, summary, test, xgb_summary, model, name, out_dir)
@@ -331,7 +366,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def xgboost_stage(args: argparse.Namespace, model: XMNetModel, train_set: LeafVeinDataset,
-                  test_set: LeafVeinDataset, root: Path, ctx: DistContext, out_dir: Path, name: str) -> dict:
+                  test_set: LeafVeinDataset, root: Path, ctx: DistContext, out_dir: Path, name: str,
+                  fingerprint: Fingerprint | None = None) -> dict:
     """The XGBoost + Optuna stage on the pooled features. Default (the original, xmnet.md §7.2): fit on all
     training features, re-extracted through the augmenting loader in every trial, early stopping on the
     test features, objective = training log-loss. ``--xgb_eval_on val`` carves a validation part of the
@@ -363,8 +399,8 @@ def xgboost_stage(args: argparse.Namespace, model: XMNetModel, train_set: LeafVe
             return FeatureSet(f.x[keep], f.y[keep])
     return run_study(train_source, test_feats, num_class=num_class, output_dir=out_dir, eval_on=args.xgb_eval_on,
                      val=val_feats, n_trials=args.n_trials, n_estimators=args.xgb_n_estimators,
-                     storage=args.optuna_storage, study_name=args.optuna_study_name or f"xmnet_xgboost_{name}",
-                     n_jobs=args.optuna_n_jobs, seed=args.seed, nthread=args.xgb_nthread)
+                     storage=args.optuna_storage, study_name=study_name_of(args),
+                     n_jobs=args.optuna_n_jobs, seed=args.seed, nthread=args.xgb_nthread, fingerprint=fingerprint)
 
 
 @torch.inference_mode()

@@ -23,6 +23,11 @@ first trials' random start-up points). A trial cut short by a kill keeps its num
 (default storage only: a shared ``storage`` may hold other processes' running trials), so the trial
 numbers after it are one higher than in an uninterrupted study; parameters, values and the best trial's
 result are the same.
+
+A study is reused (its finished trials counted) only when its fingerprint (the study's user attribute
+``fingerprint``: the flags and inputs behind the features and the search, see
+``engine_xmnet.study_fingerprint``) equals this run's: :func:`check_study` is called before any training and
+stops a rerun with other flags (``--overwrite`` deletes the old study).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from common.checkpoint import atomic_write_text
+from common.fingerprint import Fingerprint, check
 
 _logger = logging.getLogger(__name__)
 
@@ -62,6 +68,56 @@ class FeatureSet:
 def sqlite_url(path: str | Path) -> str:
     """Optuna RDB URL of a SQLite file."""
     return f"sqlite:///{Path(path).resolve()}"
+
+
+STUDY_FILES = ("xgboost_best.json", "optuna_study_summary.json")  # what a study's result leaves in output_dir
+
+
+def _open_error(storage: str, exc: Exception) -> ValueError:
+    return ValueError(f"--optuna_storage {storage}: cannot open the study ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0] if str(exc) else ''})")
+
+
+def check_study(storage: str | None, output_dir: str | Path, study_name: str, fingerprint: Fingerprint, *,
+                overwrite: bool = False) -> None:
+    """Before any work: refuse to reuse a study whose finished trials were made with other flags or inputs.
+
+    Args:
+        storage: ``--optuna_storage`` (None: the SQLite file ``optuna_study.db`` in ``output_dir``).
+        study_name: the study that :func:`run_study` would reopen.
+        fingerprint: this run's.
+        overwrite: delete the old study (and its summary and booster files) instead.
+
+    Raises:
+        common.fingerprint.FingerprintMismatch: finished trials with another (or without a) fingerprint.
+    """
+    import optuna
+
+    out = Path(output_dir)
+    if storage is None:
+        if not (out / "optuna_study.db").is_file():
+            return
+        storage = sqlite_url(out / "optuna_study.db")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        if study_name not in optuna.study.get_all_study_names(storage):
+            return
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except Exception as exc:  # bad URL, unreachable database
+        raise _open_error(storage, exc) from None
+    if overwrite:
+        _logger.info("--overwrite: deleting the optuna study '%s' in %s", study_name, storage)
+        optuna.delete_study(study_name=study_name, storage=storage)
+        for name in STUDY_FILES:
+            (out / name).unlink(missing_ok=True)
+        return
+    finished = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    if finished == 0:  # nothing would be reused
+        return
+    check(Fingerprint.from_dict(study.user_attrs.get("fingerprint")), fingerprint,
+          what=f"the optuna study '{study_name}' in {storage} ({finished} finished trials)",
+          ways="pass --overwrite to delete it and search again, or choose another --output_dir "
+               "(or --optuna_study_name)")
 
 
 def trial_seed(seed: int, finished: int) -> int:
@@ -126,6 +182,7 @@ def run_study(
     seed: int = 1,
     nthread: int | None = None,
     callbacks: Sequence[Callable] = (),
+    fingerprint: Fingerprint | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the Optuna study, refit the best trial, save the booster and a summary.
 
@@ -143,6 +200,8 @@ def run_study(
         storage: an Optuna RDB URL; None = SQLite file in ``output_dir``.
         n_jobs: Optuna parallel trials in this process (several processes may share ``storage``).
         callbacks: extra Optuna callbacks ``(study, trial)``.
+        fingerprint: what the study's trials are made from; recorded in the study (user attribute
+            ``fingerprint``) and checked when it already holds finished trials (see :func:`check_study`).
 
     Returns:
         The summary (also written to ``optuna_study_summary.json``).
@@ -164,9 +223,15 @@ def run_study(
         study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize",
                                     sampler=optuna.samplers.TPESampler(seed=seed), load_if_exists=True)
     except Exception as exc:  # bad URL, unreachable database: one line naming the flag
-        raise ValueError(f"--optuna_storage {storage}: cannot open the study ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise _open_error(storage, exc) from None
     complete_state = optuna.trial.TrialState.COMPLETE
+    if fingerprint is not None:
+        if study.get_trials(deepcopy=False, states=(complete_state,)):
+            check(Fingerprint.from_dict(study.user_attrs.get("fingerprint")), fingerprint,
+                  what=f"the optuna study '{study_name}' in {storage}",
+                  ways="pass --overwrite to delete it and search again, or choose another --output_dir")
+        else:
+            study.set_user_attr("fingerprint", fingerprint.to_dict())
     if own_storage:  # only this run writes its folder's study: a running trial there was cut short by a kill
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)

@@ -201,13 +201,20 @@ def test_runlib_dry_run_prints_quoted_commands_and_creates_nothing(tmp_path):
 
 
 def test_runlib_dry_run_marks_finished_experiments(tmp_path):
-    out_dir(tmp_path, 3).mkdir(parents=True)
-    (out_dir(tmp_path, 3) / "_FINISHED").write_text("2024-01-01 00:00:00\n")
+    assert run(tmp_path, "--run-specific", "3").returncode == 0
+    before = sorted(p.name for p in out_dir(tmp_path, 3).iterdir())
     proc = run(tmp_path, "--dry-run", "--run-specific", "3")
     assert "[3/6] exp3_gamma (finished: would be skipped)\n" in proc.stdout
     proc = run(tmp_path, "--dry-run", "--run-specific", "3", "--no-skip-completed")
     assert "[3/6] exp3_gamma (finished: would run again)\n" in proc.stdout
-    assert sorted(p.name for p in out_dir(tmp_path, 3).iterdir()) == ["_FINISHED"]
+    proc = run(tmp_path, "--dry-run", "--run-specific", "3", "EPOCHS=1")
+    assert "[3/6] exp3_gamma (finished by another command: the driver would stop; --overwrite runs it again)\n" \
+        in proc.stdout
+    (out_dir(tmp_path, 3) / "_FINISHED").write_text("2024-01-01 00:00:00\n")  # written before fingerprints
+    proc = run(tmp_path, "--dry-run", "--run-specific", "3")
+    assert "[3/6] exp3_gamma (finished without a fingerprint: the driver would stop; --overwrite runs it again)\n" \
+        in proc.stdout
+    assert sorted(p.name for p in out_dir(tmp_path, 3).iterdir()) == before
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])
@@ -240,7 +247,9 @@ def test_runlib_runs_all_and_writes_logs_and_markers(tmp_path):
     for k in range(1, 7):
         d = out_dir(tmp_path, k)
         assert sorted(p.name for p in d.iterdir()) == ["_FINISHED", "train.log"]  # no temp left
-        assert TIMESTAMP.fullmatch((d / "_FINISHED").read_text().rstrip("\n"))
+        marker = (d / "_FINISHED").read_text().splitlines()
+        assert TIMESTAMP.fullmatch(marker[0]) and re.fullmatch(r"fingerprint sha256:[0-9a-f]{64}", marker[1])
+        assert marker[-2:] == ["env EPOCHS 2", f"env OUT_ROOT {out_dir(tmp_path, 1).parent}"]
         log = (d / "train.log").read_text().splitlines()
         assert re.fullmatch(rf"==== runlib {TIMESTAMP.pattern} \[{k}/6\] {NAMES[k - 1]}: .* ====", log[0])
     log1 = (out_dir(tmp_path, 1) / "train.log").read_text()
@@ -253,7 +262,7 @@ def test_runlib_runs_all_and_writes_logs_and_markers(tmp_path):
 def test_runlib_skips_finished_and_reruns_with_no_skip_completed(tmp_path):
     assert run(tmp_path, "--run-specific", "1-2").returncode == 0
     marker = out_dir(tmp_path, 1) / "_FINISHED"
-    marker.write_text("2000-01-01 00:00:00\n")
+    marker.write_text("2000-01-01 00:00:00\n" + "".join(marker.read_text().splitlines(True)[1:]))
     proc = run(tmp_path, "--run-specific", "1-3")
     assert proc.returncode == 0, proc.stderr
     assert "runlib: [1/6] exp1_alpha: skipped, finished 2000-01-01 00:00:00\n" in proc.stdout
@@ -267,7 +276,36 @@ def test_runlib_skips_finished_and_reruns_with_no_skip_completed(tmp_path):
     assert "summary: selected 1, ran 1 (succeeded 1, failed 0), skipped 0" in proc.stdout
     log = (out_dir(tmp_path, 1) / "train.log").read_text()
     assert log.count("==== runlib ") == 2 and log.count("stdout of exp1") == 2  # appended
-    assert marker.read_text() != "2000-01-01 00:00:00\n"
+    assert not marker.read_text().startswith("2000-01-01 00:00:00\n")
+
+
+def test_runlib_finished_by_another_command_stops_before_any_run(tmp_path):
+    assert run(tmp_path, "--run-specific", "1,6", "EPOCHS=2").returncode == 0
+    logs = {k: (out_dir(tmp_path, k) / "train.log").read_text() for k in (1, 6)}
+    # the same command and overrides: skipped
+    proc = run(tmp_path, "--run-specific", "1,6", "EPOCHS=2")
+    assert proc.returncode == 0 and "skipped 2" in proc.stdout
+    # another EPOCHS: both finished runs are named, nothing runs (not even the unfinished experiment 2)
+    proc = run(tmp_path, "--run-specific", "1-2,6", "EPOCHS=3")
+    assert proc.returncode == 2
+    errors = proc.stderr.splitlines()
+    assert len(errors) == 2 and all(e.startswith("runlib: error: [") for e in errors)
+    assert errors[0].startswith(f"runlib: error: [1/6] exp1_alpha: {out_dir(tmp_path, 1)}/_FINISHED was written "
+                                "by another command (")
+    assert "env EPOCHS 2 -> 3" in errors[0]
+    assert errors[1].startswith("runlib: error: [6/6] exp6_quoting: ") and "--epochs 2 -> 3; env EPOCHS 2 -> 3" in errors[1]
+    assert all("pass --overwrite to run it again, or give it another output folder" in e for e in errors)
+    assert {k: (out_dir(tmp_path, k) / "train.log").read_text() for k in (1, 6)} == logs
+    assert not out_dir(tmp_path, 2).exists()
+    # a marker written before fingerprints is refused the same way
+    (out_dir(tmp_path, 1) / "_FINISHED").write_text("2000-01-01 00:00:00\n")
+    proc = run(tmp_path, "--run-specific", "1", "EPOCHS=2")
+    assert proc.returncode == 2 and "_FINISHED has no fingerprint" in proc.stderr and "--overwrite" in proc.stderr
+    # --overwrite runs them again and records the new command
+    proc = run(tmp_path, "--run-specific", "1,6", "EPOCHS=3", "--overwrite")
+    assert proc.returncode == 0 and "ran 2 (succeeded 2" in proc.stdout
+    assert "env EPOCHS 3" in (out_dir(tmp_path, 6) / "_FINISHED").read_text()
+    assert run(tmp_path, "--run-specific", "1,6", "EPOCHS=3").returncode == 0
 
 
 def test_runlib_failure_continues_and_exits_nonzero(tmp_path):
