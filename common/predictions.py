@@ -391,8 +391,9 @@ class EvalRecorder:
 
     def __init__(self, writer: PredictionWriter | ReidPredictionWriter | None = None, *,
                  name: str = PREDICTIONS_FILE, manifest: Mapping[str, Any] | None = None,
-                 split_check: Mapping[str, Any] | None = None):
+                 split_check: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None):
         self.writer, self.name = writer, name
+        self.extra = dict(extra or {})  # more metrics.json entries (e.g. train_class_counts)
         self.manifest = manifest
         self.split_check = dict(split_check) if split_check is not None else None
         self.saved: dict[str, dict[str, Any]] = {}
@@ -417,13 +418,13 @@ class EvalRecorder:
                                      "sha256": manifest_digest(self.manifest)}
         if self.split_check is not None:
             out["split_check"] = self.split_check
-        return out
+        return {**out, **self.extra}
 
 
 def start_recording(folder: str | Path, splits: Mapping[str, Mapping[str, Sequence[Any]]], *,
                     writer: Any = None, name: str = PREDICTIONS_FILE, protocol: str | None = None,
                     allowed: Sequence[Mapping[str, Any]] = (), dataset: str | None = None,
-                    is_primary: bool = True) -> EvalRecorder:
+                    is_primary: bool = True, extra: Mapping[str, Any] | None = None) -> EvalRecorder:
     """What every trainer does at start: write ``split_manifest.json``, run the split check (log it;
     a forbidden overlap is a warning naming it) and return the :class:`EvalRecorder` for ``fit``."""
     from common.splits import split_overlaps
@@ -439,4 +440,4 @@ def start_recording(folder: str | Path, splits: Mapping[str, Mapping[str, Sequen
         _logger.info("split check: %s", line)
     if not report["forbidden"]:
         _logger.info("split check: no forbidden overlap between %s", ", ".join(splits))
-    return EvalRecorder(writer, name=name, manifest=manifest, split_check=report)
+    return EvalRecorder(writer, name=name, manifest=manifest, split_check=report, extra=extra)

@@ -162,3 +162,25 @@ def test_inference_missing_image_names_it(stage2_run, tmp_path):
                              "--device", "cpu"])
     with pytest.raises(ValueError, match=r"checkpoint_last.pth \(--model convnextv2_base\): weights do not fit"):
         inference.main(bad)
+
+
+def test_thresholds_report_head_medium_tail_and_export_metadata(stage2_run, tmp_path, capsys):
+    """issue 19 §4 on a real stage-2 run: no separate validation split (said), the CXR-LT frequency bins,
+    thresholds.json / reliability.png, and the thresholds inside the safetensors export."""
+    from common import thresholds
+
+    _, out, _ = stage2_run
+    assert thresholds.main([str(out), "--method", "sensitivity=0.9"]) == 0
+    text = capsys.readouterr().out
+    assert "fitted on predictions.csv" in text and "optimistic" in text
+    saved = json.loads((out / "thresholds.json").read_text())
+    counts = json.loads((out / "metrics.json").read_text())["train_class_counts"]
+    bins = saved["report"]["frequency_bins"]
+    assert sorted(bins["head"]["classes"] + bins["medium"]["classes"] + bins["tail"]["classes"]) == sorted(CLASS_NAMES)
+    assert all(counts[CLASS_NAMES.index(c)] < 100 for c in bins["tail"]["classes"])
+    assert (out / "reliability.png").stat().st_size > 0
+    assert json.loads((out / "metrics.json").read_text())["thresholds"]["method"] == "sensitivity=0.9"
+    weights = export_safetensors.main(_parse(export_safetensors, ["--checkpoint", str(out / "checkpoint_last.pth"),
+                                                                  "--output", str(tmp_path / "w.safetensors")]))
+    assert thresholds.load_thresholds(weights) == thresholds.load_thresholds(out) == saved["thresholds"]
+    assert thresholds.load_thresholds(out / "checkpoint_last.pth") == saved["thresholds"]
