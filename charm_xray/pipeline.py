@@ -66,6 +66,14 @@ from common.fingerprint import (
 )
 from common.lr_find import lr_find, plot_lr_find, suggest
 from common.metrics.multilabel import roc_auc_per_class
+from common.predictions import (
+    PREDICTIONS_FILE,
+    VAL_PREDICTIONS_FILE,
+    EvalRecorder,
+    PredictionWriter,
+    loader_order,
+    start_recording,
+)
 from common.pretrained import add_protocol_warnings, random_init_warning
 from common.run import CsvLog, RunDir
 from common.seed import seed_everything
@@ -218,13 +226,50 @@ def train_phases(args: argparse.Namespace, plan: SplitPlan, exp_name: str, momen
 
 @torch.no_grad()
 def predict_probabilities(model: nn.Module, frame, args: argparse.Namespace, batch_size: int,
-                          ctx: DistContext) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sigmoid scores and targets over ``frame`` (evaluation mode: the bank is read, never written)."""
+                          ctx: DistContext, *, save_to: Path | None = None,
+                          recorder: EvalRecorder | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sigmoid scores and targets over ``frame`` (evaluation mode: the bank is read, never written).
+    With ``recorder``, the primary rank also writes them (``save_to``: the predictions file)."""
     loader = build_loader(build_dataset(frame, args.image_size, train=False), batch_size, train=False, ctx=ctx,
                           num_workers=args.num_workers)
     out = collect_outputs(model, loader, predict_fn=lambda m, b: {"logits": m(b[0]), "target": b[1]}, ctx=ctx,
                           amp_dtype=resolve_amp(args.amp, ctx.device))
-    return torch.sigmoid(out["logits"]), out["target"]
+    probs = torch.sigmoid(out["logits"])
+    if recorder is not None and save_to is not None:
+        order = loader_order(loader, ctx)
+        if ctx.is_primary:  # the very probabilities the AUCs are computed from
+            writer = PredictionWriter(frame["Image_Index"].tolist(), class_names=config.DISEASE_LABELS,
+                                      groups={"patient": frame["Patient_ID"].astype(str).tolist()},
+                                      score_key="probs", activation="none")
+            recorder.save(save_to.parent, {"probs": probs, "target": out["target"]}, order, name=save_to.name,
+                          writer=writer)
+    return probs, out["target"]
+
+
+def split_levels(plan: SplitPlan) -> dict[str, dict[str, list[str]]]:
+    """The plan's splits for the split manifest / check: image (Image_Index) and patient ids."""
+    frames = {"phase1_train": plan.phase1.train, "phase1_valid": plan.phase1.valid,
+              "phase2_train": plan.phase2.train, "phase2_valid": plan.phase2.valid, "test": plan.phase2.test}
+    return {name: {"ids": f["Image_Index"].tolist(), "patient": f["Patient_ID"].astype(str).tolist()}
+            for name, f in frames.items()}
+
+
+def allowed_overlaps(protocol: str) -> list[dict[str, Any]]:
+    """What each protocol allows (counted, not refused): both protocols train phase 2 on phase 1's images;
+    ``charm_notebook`` is the paper's protocol, leak included (quirk 12: phase-2 test patients trained on in
+    phase 1; fastai's RandomSplitter splits train / valid by image, not patient); ``official`` must show none."""
+    phases = [{"splits": [a, b], "levels": ["image", "patient"], "reason": "phase 2 re-uses phase 1's data"}
+              for a in ("phase1_train", "phase1_valid") for b in ("phase2_train", "phase2_valid")]
+    if protocol != "charm_notebook":
+        return phases
+    leak = "charm_notebook protocol (the paper's): phase 1 trained on patients phase 2 tests on (quirk 12)"
+    by_image = "charm_notebook protocol: fastai RandomSplitter splits train / valid by image, not by patient"
+    return phases + [
+        {"splits": ["phase1_train", "test"], "levels": ["image", "patient"], "reason": leak},
+        {"splits": ["phase1_valid", "test"], "levels": ["image", "patient"], "reason": leak},
+        {"splits": ["phase1_train", "phase1_valid"], "levels": ["patient"], "reason": by_image},
+        {"splits": ["phase2_train", "phase2_valid"], "levels": ["patient"], "reason": by_image},
+    ]
 
 
 def auc_report(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
@@ -387,13 +432,20 @@ def _train_and_test(args: argparse.Namespace, plan: SplitPlan, exp_name: str, mo
     result_file = exp_dir / "result.json"
     if ctx.is_primary:
         atomic_write_text(json.dumps(plan.report, indent=2) + "\n", exp_dir / "split_report.json")
+    recorder = start_recording(exp_dir, split_levels(plan), protocol=plan.protocol,
+                               allowed=allowed_overlaps(plan.protocol), dataset="chestxray14",
+                               is_primary=ctx.is_primary)
     for warning in plan.report.get("warnings", []):
         _logger.warning("%s", warning)
     init_warnings = [] if args.pretrained_weights else [
         random_init_warning("--pretrained_weights", args.model_name, "torchvision ImageNet weights")]
     t0 = time.time()
     model, lr = train_phases(args, plan, exp_name, momentum, k, threshold, ctx, exp_dir)
-    probs, targets = predict_probabilities(model, plan.phase2.test, args, args.batch_size_test, ctx)
+    # the validation predictions first (common.thresholds fits on them), then the test ones
+    predict_probabilities(model, plan.phase2.valid, args, args.batch_size_test, ctx,
+                          save_to=exp_dir / VAL_PREDICTIONS_FILE, recorder=recorder)
+    probs, targets = predict_probabilities(model, plan.phase2.test, args, args.batch_size_test, ctx,
+                                           save_to=exp_dir / PREDICTIONS_FILE, recorder=recorder)
     report = auc_report(probs, targets)
     training_time = time.time() - t0  # this process's share when resumed
     result = {"momentum": momentum, "k": k, "threshold": threshold, "mean_auc": report["auc"],
@@ -412,7 +464,7 @@ def _train_and_test(args: argparse.Namespace, plan: SplitPlan, exp_name: str, mo
         metrics = test_metrics_json(report, plan.report, plan.protocol, exp_name,
                                     {"lr_phase1": lr, "momentum": momentum, "k": k, "threshold": threshold,
                                      "model_name": args.model_name, "image_size": args.image_size,
-                                     "training_time": training_time})
+                                     "training_time": training_time, **recorder.metrics_entries()})
         add_protocol_warnings(metrics, init_warnings)
         atomic_write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n", exp_dir / "metrics.json")
         atomic_write_text(json.dumps(result, indent=2) + "\n", result_file)

@@ -11,6 +11,14 @@ row as mean ± std (n) of the runs (sample std, 0 for one run); delta = mean - p
 ``run_scale`` units) makes the exit status 1 when a headline metric's mean falls short of the
 published value by more than X (per-class rows are shown, not gated).
 
+Uncertainty (issue 19): when a RUN_DIR holds ``predictions.csv`` (every trainer writes it), each row
+whose metric can be recomputed from it (mAP, AUC, acc1, rank-k, their per-class lists) gets a bootstrap
+95 % interval (``--bootstrap N`` resamples of the test samples, whole patients where the predictions
+carry patient ids, seeded by ``--seed``; ``--bootstrap 0`` turns it off) and the line says whether the
+published number lies inside it. Several runs give mean ± std and the Student-t 95 % interval of the mean
+instead. Runs whose ``split_manifest.json`` disagree on a split are not averaged: the error names the
+split.
+
 Protocol check: registry entries may carry machine-readable ``split`` / ``backbone`` /
 ``input_size`` fields; each is compared with the run's ``metrics.json`` ``protocol`` dict (or the
 same key at its top level) and a mismatch is printed as a warning on stderr, as are the
@@ -42,6 +50,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.bootstrap import bootstrap_predictions, mean_interval
+from common.predictions import (
+    MANIFEST_FILE,
+    PREDICTIONS_FILE,
+    PredictionsError,
+    read_predictions,
+    read_split_manifest,
+)
 from common.results import PaperResults, PublishedEntry, ResultsError, convert_scale, load_paper
 
 METRICS_FILE = "metrics.json"
@@ -89,6 +105,9 @@ def get_args_parser() -> ArgumentParser:
         help="exit 1 when a headline metric falls short of its published value by more than X, in the "
              "paper's run_scale units (default: no gate)",
     )
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="bootstrap resamples for the 95 %% intervals from predictions.csv; 0 = off (default: 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default: 0)")
     parser.add_argument(
         "--results-dir", default=None,
         help="folder with <paper>.yaml registry files (default: the common/results package)",
@@ -283,14 +302,78 @@ def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         mean = sum(have) / n if n else None
         std = math.sqrt(sum((v - mean) ** 2 for v in have) / (n - 1)) if n > 1 else (0.0 if n else None)
         pub = row["published"]
-        rows.append({**row, "run": mean, "std": std, "n": n, "values": values,
-                     "delta": None if mean is None or pub is None else mean - pub})
+        new = {**row, "run": mean, "std": std, "n": n, "values": values,
+               "delta": None if mean is None or pub is None else mean - pub}
+        for key in ("ci_low", "ci_high", "ci_method", "published_in_ci"):
+            new.pop(key, None)
+        mean_ci = mean_interval(have)
+        if mean_ci is not None:
+            _set_ci(new, mean_ci[0], mean_ci[1], f"t interval of the mean of {n} runs")
+        new["run_intervals"] = [(r["rows"][i].get("ci_low"), r["rows"][i].get("ci_high")) for r in results]
+        rows.append(new)
     notes: list[str] = []
     for r in results:
         notes += [n for n in r["notes"] if n not in notes]
     files = [r["metrics_file"] for r in results]
     return {**first, "metrics_file": files[0] if len(files) == 1 else files, "n_runs": len(results),
             "rows": rows, "notes": notes}
+
+
+def _base_key(run_key: str | None) -> str | None:
+    return None if run_key is None else (run_key[: -len("_ema")] if run_key.endswith("_ema") else run_key)
+
+
+def attach_intervals(result: dict[str, Any], boot: dict[str, Any], class_names: Sequence[str]) -> int:
+    """Give each row of a single-run :func:`compare` result the bootstrap interval of its metric.
+
+    Returns:
+        The number of rows that got one. Rows get ``ci_low``, ``ci_high``, ``ci_method`` and
+        ``published_in_ci`` (None when nothing is published).
+    """
+    scale = 100.0 if result["run_scale"] == "percent" else 1.0
+    names = {_norm(c): i for i, c in enumerate(class_names)}
+    done = 0
+    for row in result["rows"]:
+        iv = boot["intervals"].get(_base_key(row["run_key"]) or "")
+        if iv is None:
+            continue
+        if row["class"] is not None:
+            i = names.get(_norm(row["class"]))
+            iv = iv[i] if isinstance(iv, list) and i is not None and i < len(iv) else None
+        elif isinstance(iv, list):
+            continue
+        if iv is None:
+            continue
+        _set_ci(row, iv[0] * scale, iv[1] * scale,
+                f"bootstrap {boot['n_boot']} x {boot['unit']} (seed {boot['seed']})")
+        done += 1
+    return done
+
+
+def _set_ci(row: dict[str, Any], low: float, high: float, method: str) -> None:
+    row.update(ci_low=low, ci_high=high, ci_method=method,
+               published_in_ci=None if row["published"] is None else bool(low <= row["published"] <= high))
+
+
+def _split_size(manifest: dict[str, Any], split: str) -> str:
+    entry = manifest["splits"].get(split)
+    return "absent" if entry is None else f"{entry.get('num_samples')} samples, sha256 {str(entry.get('sha256'))[:12]}"
+
+
+def manifest_mismatch(manifests: Sequence[tuple[Path, dict[str, Any]]]) -> str | None:
+    """Why runs with split manifests must not be averaged (the first differing split), or None."""
+    from common.predictions import manifest_digest
+
+    if len(manifests) < 2:
+        return None
+    (first_path, first), digest0 = manifests[0], manifest_digest(manifests[0][1])
+    for path, man in manifests[1:]:
+        digest = manifest_digest(man)
+        for split in sorted(set(digest0) | set(digest)):
+            if digest0.get(split) != digest.get(split):
+                return (f"split {split!r} differs between {first_path.parent} ({_split_size(first, split)}) and "
+                        f"{path.parent} ({_split_size(man, split)}): runs on different splits are not averaged")
+    return None
 
 
 def protocol_warnings(data: dict[str, Any], entries: Sequence[PublishedEntry], *, run_name: str = "this run") -> list[str]:
@@ -363,12 +446,20 @@ def table_rows(result: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[str,
         ``(header, rows)``; the run column is ``mean ± std (n=N)`` when several runs were given.
     """
     scale, n_runs = result["run_scale"], result.get("n_runs", 1)
+    with_ci = any(r.get("ci_low") is not None for r in result["rows"])
     header = ("entry", "metric", "run", "published", "delta", "source")
+    if with_ci:
+        header = ("entry", "metric", "run", "95% CI", "published", "in CI", "delta", "source")
     body = []
     for r in result["rows"]:
         pub = _fmt(r["published"], scale) if r["published"] is not None else ("n/p" if r["class"] is None else "-")
-        body.append((r["entry"] if r["class"] is None else "", r["metric"], _run_cell(r, scale, n_runs), pub,
-                     _fmt(r["delta"], scale, signed=True), r["source"] if r["class"] is None else ""))
+        cells = [r["entry"] if r["class"] is None else "", r["metric"], _run_cell(r, scale, n_runs), pub,
+                 _fmt(r["delta"], scale, signed=True), r["source"] if r["class"] is None else ""]
+        if with_ci:
+            ci = "-" if r.get("ci_low") is None else f"[{_fmt(r['ci_low'], scale)}, {_fmt(r['ci_high'], scale)}]"
+            inside = {True: "yes", False: "NO", None: "-"}[r.get("published_in_ci")]
+            cells = [*cells[:3], ci, cells[3], inside, *cells[4:]]
+        body.append(tuple(cells))
     return header, body
 
 
@@ -392,7 +483,7 @@ def write_markdown(result: dict[str, Any], path: str | Path) -> Path:
 def write_csv(result: dict[str, Any], path: str | Path) -> Path:
     """Write the comparison rows as CSV (numbers unformatted: mean, std, n, published, delta)."""
     cols = ("entry", "metric", "class", "run_key", "run", "std", "n", "published", "delta", "scale", "dataset",
-            "source")
+            "source", "ci_low", "ci_high", "published_in_ci", "ci_method")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="", encoding="utf-8") as fh:
@@ -416,7 +507,7 @@ def format_table(result: dict[str, Any], entries: Sequence[PublishedEntry]) -> s
     """
     scale = result["run_scale"]
     header, body = table_rows(result)
-    body = [(*b[:5], b[5] if len(b[5]) <= 70 else b[5][:67] + "...") for b in body]
+    body = [(*b[:-1], b[-1] if len(b[-1]) <= 70 else b[-1][:67] + "...") for b in body]
     files = result["metrics_file"]
     what = files if isinstance(files, str) else f"{len(files)} runs, mean ± std (n)"
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
@@ -458,15 +549,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             # protocol notes the run recorded itself (e.g. which split it used and why that matters)
             protocol = data.get("protocol")
             own = (protocol.get("warnings") or []) if isinstance(protocol, dict) else []
+            check = data.get("split_check")
+            if isinstance(check, dict):  # the overlap check the trainer ran at start
+                own = [*own, *(f"{name}: forbidden split overlap: {line}" for line in check.get("forbidden") or [])]
             for w in [*own, *protocol_warnings(data, entries, run_name=name)]:
                 if w not in warnings:
                     warnings.append(w)
+        if args.bootstrap < 0:
+            raise CompareError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+        manifests = [(path, read_split_manifest(path.parent)) for _, path in runs
+                     if (path.parent / MANIFEST_FILE).is_file()]
+        mismatch = manifest_mismatch(manifests)
+        if mismatch is not None:
+            raise CompareError(mismatch)
+        if args.bootstrap > 0:
+            for (data, path), res in zip(runs, results):
+                if (path.parent / PREDICTIONS_FILE).is_file():
+                    preds = read_predictions(path.parent / PREDICTIONS_FILE)
+                    boot = bootstrap_predictions(preds, n_boot=args.bootstrap, seed=args.seed)
+                    names = getattr(preds, "class_names", None) or data.get("class_names") or []
+                    attach_intervals(res, boot, names)
+                    res["bootstrap"] = {k: boot[k] for k in ("n_boot", "seed", "unit", "num_units")}
+                else:
+                    print(f"compare: note: {path.parent} has no {PREDICTIONS_FILE}: no confidence intervals",
+                          file=sys.stderr)
         result = aggregate(results) if len(results) > 1 else {**results[0], "n_runs": 1}
         if args.markdown:
             write_markdown(result, args.markdown)
         if args.csv:
             write_csv(result, args.csv)
-    except (CompareError, ResultsError) as err:
+    except (CompareError, ResultsError, PredictionsError) as err:
         print(f"compare: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:

@@ -13,6 +13,7 @@ from pathlib import Path
 from common.checkpoint import export_safetensors, load_checkpoint
 from common.cli import run_main
 from common.run import setup_logging
+from common.thresholds import thresholds_metadata
 from cxrlt.model import extract_state_dict
 
 _logger = logging.getLogger(__name__)
@@ -34,8 +35,11 @@ def main(args: argparse.Namespace) -> Path:
     out = Path(args.output)
     if out.suffix != ".safetensors":
         raise ValueError(f"--output must end in .safetensors, got {out}")
-    export_safetensors(state, out)
-    _logger.info("wrote %s (%d tensors, %d elements)", out, len(state), sum(v.numel() for v in state.values()))
+    # the run's fitted thresholds (python -m common.thresholds) travel with the weights, for predict.py
+    metadata = thresholds_metadata(path.parent) or None
+    export_safetensors(state, out, metadata=metadata)
+    _logger.info("wrote %s (%d tensors, %d elements%s)", out, len(state), sum(v.numel() for v in state.values()),
+                 ", with the run's thresholds.json in its metadata" if metadata else "")
     return out
 
 

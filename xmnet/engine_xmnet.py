@@ -32,6 +32,14 @@ from common.checkpoint import CheckpointError, load_checkpoint, load_state_dict_
 from common.dist import DistContext, init_distributed
 from common.engine import FitConfig, Task, build_loader, collect_outputs, fit, updates_per_epoch
 from common.fingerprint import Fingerprint, listing_sha256, make_fingerprint
+from common.predictions import (
+    PREDICTIONS_FILE,
+    VAL_PREDICTIONS_FILE,
+    PredictionWriter,
+    loader_order,
+    relative_id,
+    start_recording,
+)
 from common.pretrained import random_init_warning
 from common.run import RunDir
 from common.schedule import EpochCosineSchedule
@@ -294,6 +302,23 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                 seed=args.seed, drop_last=len(train_set) >= batch_size * ctx.world_size * 2)
     eval_set = val_set if val_set is not None else test_set
     loader_eval = build_loader(eval_set, batch_size, train=False, ctx=ctx, num_workers=args.num_workers)
+    # split_manifest.json + the split check now; predictions_val.csv (fit, with --select_on val) and
+    # predictions.csv (the test step below)
+    def ids(dataset: LeafVeinDataset) -> list[str]:
+        return [relative_id(r.path, root) for r in dataset.records]
+
+    def writer(dataset: LeafVeinDataset) -> PredictionWriter:
+        return PredictionWriter(ids(dataset), score_key="logits", activation="softmax", extra_keys=("iou", "dice"))
+
+    splits = {"train": {"ids": ids(train_set if len(train_idx) == len(full_train) else
+                                   LeafVeinDataset(root, "train", train=False, crop=args.crop_size,
+                                                   indices=train_idx))}}
+    if val_set is not None:
+        splits["val"] = {"ids": ids(val_set)}
+    splits["test"] = {"ids": ids(test_set)}
+    recorder = start_recording(out_dir, splits, writer=writer(eval_set), name=VAL_PREDICTIONS_FILE,
+                               protocol="official train / test" + (" + val carved from train" if val_set else ""),
+                               dataset=args.dataset, is_primary=ctx.is_primary)
 
     # ---- model
     model = XMNetModel(args.backbone_class, args.num_classes, attention=attention_of(args),
@@ -331,7 +356,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     config = FitConfig(epochs=args.max_epoch, output_dir=out_dir, amp=args.amp, monitor=monitor, monitor_mode=mode,
                        resume=args.resume or None, csv_name="log.csv", dataset=args.dataset,
                        compile=getattr(args, "compile", False), channels_last=getattr(args, "channels_last", None),
-                       warnings=warnings)
+                       warnings=warnings, recorder=recorder if val_set is not None else None)
     summary = fit(task, optimizer, loader_train, config=config, ctx=ctx, run=run, schedule=schedule,
                   data_loader_val=loader_eval, metric_fn=make_metric_fn(task, ctx),
                   callbacks=[EpochHooks(task, [full_train, train_set])], args=args)
@@ -343,6 +368,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     loader_test = build_loader(test_set, batch_size, train=False, ctx=ctx, num_workers=args.num_workers)
     outputs = collect_outputs(model, loader_test, predict_fn=task.predict, ctx=ctx)
     test = make_metric_fn(task, ctx, with_train_sel=False)(outputs)
+    test_order = loader_order(loader_test, ctx)
+    if ctx.is_primary:
+        recorder.save(out_dir, outputs, test_order, epoch=summary.get("best_epoch"), name=PREDICTIONS_FILE,
+                      writer=writer(test_set))
+    summary = {**summary, **recorder.metrics_entries()}
     _logger.info("test (selected checkpoint, epoch %s): %s", summary.get("best_epoch"),
                  " ".join(f"{k}={v:.4f}" for k, v in test.items()))
 

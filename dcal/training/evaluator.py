@@ -17,8 +17,16 @@ import torch
 from common.checkpoint import load_state_dict_strict, load_weights_file
 from common.dist import init_distributed
 from common.engine import build_loader, collect_outputs, to_device
+from common.predictions import loader_order
 from common.run import RunDir
-from dcal.training.trainer import DCALTask, build_datasets, build_model, norm_stats, resolve_device
+from dcal.training.trainer import (
+    DCALTask,
+    build_datasets,
+    build_model,
+    evaluation_recorder,
+    norm_stats,
+    resolve_device,
+)
 from dcal.utils.config import ConfigError, ExperimentConfig, to_dict
 from dcal.utils.metrics import fgvc_metrics, reid_metrics
 from dcal.utils.visualization import save_attention_maps
@@ -61,10 +69,15 @@ def evaluate_from_config(cfg: ExperimentConfig, *, task_type: str, checkpoint: s
     load_model_weights(model, checkpoint)
     model.to(ctx.device).eval()
     mean, std = norm_stats(model)
-    _, eval_ds, _ = build_datasets(cfg, mean, std)
+    train_ds, eval_ds, class_names = build_datasets(cfg, mean, std)
+    recorder = evaluation_recorder(cfg, train_ds, eval_ds, class_names, output_dir, is_primary=ctx.is_primary,
+                                   distance_metric=distance_metric)
     loader = build_loader(eval_ds, cfg.data.batch_size, train=False, ctx=ctx, num_workers=cfg.data.num_workers)
     task = DCALTask(model)
     outputs = collect_outputs(model, loader, predict_fn=task.predict, ctx=ctx)
+    order = loader_order(loader, ctx)
+    if ctx.is_primary:
+        recorder.save(output_dir, outputs, order)
     if task_type == "fgvc":
         metrics = fgvc_metrics(outputs)
         results_name = "fgvc_results.json"
@@ -72,7 +85,7 @@ def evaluate_from_config(cfg: ExperimentConfig, *, task_type: str, checkpoint: s
         metrics = reid_metrics(outputs, distance_metric)
         results_name = "reid_results.json"
     run.write_json(results_name, metrics)
-    run.write_json("metrics.json", {"checkpoint": str(checkpoint), "final": metrics})
+    run.write_json("metrics.json", {"checkpoint": str(checkpoint), "final": metrics, **recorder.metrics_entries()})
     logger.info("%s: %s", results_name, {k: v for k, v in metrics.items() if isinstance(v, float)})
     if visualize and ctx.is_primary:
         _visualize(model, eval_ds, Path(output_dir) / "visualizations", ctx.device, mean, std)

@@ -14,6 +14,7 @@ selection uses query-vs-gallery mAP and writes a best checkpoint (quirk 15).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,9 +25,17 @@ from common.data.samplers import RandomIdentitySampler
 from common.dist import DistContext, init_distributed
 from common.engine import FitConfig, Task, build_loader, fit, updates_per_epoch
 from common.optim import build_optimizer
+from common.predictions import (
+    EvalRecorder,
+    PredictionWriter,
+    ReidPredictionWriter,
+    relative_id,
+    start_recording,
+)
 from common.pretrained import random_init_warning
 from common.run import RunDir
 from common.schedule import ConstantSchedule, PiecewiseSchedule, WarmupCosineSchedule
+from common.splits import reid_rules
 from dcal.datasets.base_dataset import ImageRecordDataset, Record
 from dcal.datasets.fgvc_datasets import build_fgvc_transform, read_fgvc
 from dcal.datasets.reid_datasets import build_reid_transform, read_reid
@@ -160,6 +169,35 @@ def query_gallery_records(query: list[Record], gallery: list[Record]) -> list[Re
             + [Record(r.path, 0, r.camid, r.pid, r.name, r.source) for r in gallery])
 
 
+def evaluation_recorder(cfg: ExperimentConfig, train_ds: ImageRecordDataset, eval_ds: ImageRecordDataset,
+                        class_names: list[str] | None, folder: str | Path, *, is_primary: bool = True,
+                        distance_metric: str = "euclidean") -> EvalRecorder:
+    """split_manifest.json and the split check (train / test, or train / query / gallery with identities and
+    cameras), and the recorder writing predictions.csv (re-ID: distmat.npy + the query / gallery listing)."""
+    def levels(records: list[Record]) -> dict[str, list]:
+        out: dict[str, list] = {"ids": [Path(r.path).name if cfg.task_type == "reid" else
+                                        relative_id(r.path, cfg.data.data_root) for r in records]}
+        if cfg.task_type == "reid":
+            out.update(identity=[r.pid for r in records], camera=[r.camid for r in records])
+        return out
+
+    ev = eval_ds.records
+    if cfg.task_type == "fgvc":
+        splits = {"train": levels(train_ds.records), "test": levels(ev)}
+        writer: Any = PredictionWriter(splits["test"]["ids"], class_names=class_names, score_key="probs",
+                                       activation="none")
+        allowed: list[dict[str, Any]] = []
+    else:
+        query, gallery = [r for r in ev if r.label == 1], [r for r in ev if r.label == 0]
+        splits = {"train": levels(train_ds.records), "query": levels(query), "gallery": levels(gallery)}
+        writer = ReidPredictionWriter(levels(ev)["ids"], distance_metric=distance_metric)
+        allowed = [*reid_rules(), {"splits": ["query", "gallery"], "levels": ["image"],
+                                   "reason": "an image listed as query and gallery: dropped from its own ranking by "
+                                             "the same-camera rule"}]
+    return start_recording(folder, splits, writer=writer, protocol=f"{cfg.data.dataset_name} standard",
+                           allowed=allowed, dataset=cfg.data.dataset_name, is_primary=is_primary)
+
+
 def build_datasets(cfg: ExperimentConfig, mean, std) -> tuple[ImageRecordDataset, ImageRecordDataset, list[str] | None]:
     """(train dataset, evaluation dataset, class names or None). FGVC evaluates on the test split;
     re-ID on query + gallery."""
@@ -266,6 +304,8 @@ def train_from_config(cfg: ExperimentConfig, *, task_type: str, gpu: int = 0, re
         compile=bool((extra_args or {}).get("compile", False)), channels_last=(extra_args or {}).get("channels_last"),
         warnings=warnings,
     )
+    recorder = evaluation_recorder(cfg, train_ds, eval_ds, class_names, cfg.save_dir, is_primary=ctx.is_primary)
+    config.recorder = recorder
     metric_fn = fgvc_metrics if cfg.task_type == "fgvc" else reid_metrics
     return fit(task, optimizer, loader_train, config=config, ctx=ctx, run=run, schedule=schedule,
                data_loader_val=loader_eval, metric_fn=metric_fn, callbacks=[HistoryCallback(cfg.task_type == "reid")],

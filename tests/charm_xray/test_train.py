@@ -61,6 +61,25 @@ def test_readme_commands_train_then_three_test_checkpoint_forms(data, tmp_path):
     metrics = json.loads((out / "runs" / "experiment" / "metrics.json").read_text())
     assert metrics["protocol"]["split"] == "charm_notebook" and "leakage" in metrics["protocol"]["warnings"][0]
     assert len(metrics["best"]["per_class_auc"]) == 14 and metrics["dataset"] == "chestxray14"
+    # issue 19: test + validation predictions, the manifest, and the leak counted, not refused
+    from common.metrics import macro_auc
+    from common.predictions import read_predictions
+
+    run_dir = out / "runs" / "experiment"
+    preds = read_predictions(run_dir / "predictions.csv")
+    assert list(preds.groups) == ["patient"] and preds.probs.shape == (metrics["protocol"]["test_images"], 14)
+    assert macro_auc(preds.probs, preds.targets) == pytest.approx(metrics["best"]["auc"], abs=1e-6)
+    assert read_predictions(run_dir / "predictions_val.csv").probs.shape[1] == 14
+    assert set(metrics["predictions"]) == {"predictions.csv", "predictions_val.csv"}
+    check = metrics["split_check"]
+    assert check["ok"] and check["protocol"] == "charm_notebook"
+    leak = {(tuple(p["splits"]), p["level"]): p for p in check["pairs"]}
+    leaked = json.loads((run_dir / "split_report.json").read_text())["leaked_test_patients"]
+    assert leak[(("phase1_train", "test"), "patient")]["shared"] == leaked
+    assert leak[(("phase2_train", "test"), "patient")]["shared"] == 0
+    res = _run(["-m", "common.splits", "check", str(run_dir)], REPO)
+    assert res.returncode == 0, res.stderr
+    assert "ALLOWED: charm_notebook protocol" in res.stdout or leaked == 0
     ckpt = "working/models/final_experiment.pth"
     res = _run([str(REPO / "charm_xray" / "test_checkpoint.py"), "--checkpoint", ckpt], work)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -299,13 +299,16 @@ def test_compare_three_runs_mean_std_n_and_files(tmp_path, capsys):
     assert "0.9200 ± 0.0200 (n=3)" in row and "0.9334" in row and "-0.0134" in row
     assert "3 runs, mean ± std (n)" in text
     lines = md.read_text().splitlines()
-    assert lines[2] == "| entry | metric | run | published | delta | source |"
-    assert lines[4].startswith("| mcbu | mAP | 0.9200 ± 0.0200 (n=3) | 0.9334 | -0.0134 | ")
+    # issue 19: several runs carry the Student-t 95 % interval of the mean (t(0.975, 2) = 4.3027)
+    assert lines[2] == "| entry | metric | run | 95% CI | published | in CI | delta | source |"
+    assert lines[4].startswith("| mcbu | mAP | 0.9200 ± 0.0200 (n=3) | [0.8703, 0.9697] | 0.9334 | yes | -0.0134 | ")
     import csv as csv_mod
     (got,) = list(csv_mod.DictReader(csv_file.open()))
     assert float(got["run"]) == pytest.approx(0.92) and float(got["std"]) == pytest.approx(0.02)
     assert got["n"] == "3" and float(got["delta"]) == pytest.approx(0.92 - 0.9334)
     assert float(got["published"]) == pytest.approx(0.9334)
+    assert float(got["ci_low"]) == pytest.approx(0.92 - 4.302653 * 0.02 / 3 ** 0.5, abs=1e-6)
+    assert got["published_in_ci"] == "True"
     assert main([*runs, "--paper", "dvxray", "--entry", "mcbu", "--json"]) == 0
     (jrow,) = json.loads(capsys.readouterr().out)["rows"]
     assert jrow["values"] == [0.90, 0.92, 0.94] and jrow["n"] == 3

@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from common.predictions import read_predictions
 from dcal.scripts import eval_fgvc, eval_reid, train_fgvc, train_reid
 from dcal.utils.config import ConfigError
 from tests.dcal.conftest import FGVC_CONFIG, REID_CONFIG, REPO, tiny_opts
@@ -44,6 +45,12 @@ def test_train_fgvc_resume_and_eval(cub_root, tmp_path):
     assert saved["acc1"] == pytest.approx(metrics["acc1"]) and len(saved["per_class_acc"]) == 4
     assert {"acc5", "mean_class_acc", "std_class_acc", "min_class_acc", "max_class_acc"} <= set(saved)
     assert (ev / "metrics.json").is_file()
+    # issue 19: training and evaluation both save their predictions and split manifest
+    for folder in (out, ev):
+        preds = read_predictions(folder / "predictions.csv")
+        assert preds.probs.shape[1] == 4 and not preds.multilabel
+        assert json.loads((folder / "metrics.json").read_text())["split_check"]["ok"]
+    assert (preds.probs.argmax(1) == preds.targets).mean() == pytest.approx(metrics["acc1"], abs=1e-6)
     pngs = sorted(p.name for p in (ev / "visualizations").glob("*.png"))
     assert len(pngs) == 32 and any(p.endswith("_rollout.png") for p in pngs) and any(p.endswith("_glca.png") for p in pngs)
 
@@ -62,6 +69,18 @@ def test_train_and_eval_reid(veri_root, tmp_path):
     for key in ("mAP", "mINP", "rank1", "rank5", "rank10", "rank20", "rank50", "num_query_ids", "num_gallery_ids"):
         assert key in saved
     assert saved["mAP"] == pytest.approx(metrics["mAP"])
+    # issue 19: the distance matrix with query / gallery ids and cameras, and the identity-level check
+    from common.metrics import evaluate_rank
+
+    preds = read_predictions(ev / "predictions.csv")
+    assert preds.distmat.shape == (4, 24) and len(preds.g_camids) == 24
+    again = evaluate_rank(preds.distmat, preds.q_pids, preds.g_pids, preds.q_camids, preds.g_camids)
+    assert again["mAP"] == pytest.approx(metrics["mAP"], abs=1e-5)
+    check = json.loads((ev / "metrics.json").read_text())["split_check"]
+    pairs = {(tuple(p["splits"]), p["level"]): p for p in check["pairs"]}
+    assert pairs[(("query", "gallery"), "identity")]["status"] == "allowed"
+    assert pairs[(("train", "query"), "identity")]["shared"] == 0 and check["ok"]
+    assert (out / "distmat.npy").is_file()
 
 
 def test_script_errors(cub_root, veri_root, tmp_path):

@@ -8,6 +8,7 @@ import torch
 import torchvision
 
 from common.checkpoint import CheckpointError
+from common.predictions import read_predictions, read_split_manifest
 from tests.xmnet.helpers import tiny
 from xmnet import Train
 from xmnet.backboneModels import XMNetModel, load_pretrained
@@ -21,6 +22,12 @@ def test_select_on_val_original_xgb_protocol_and_mask_guidance(xm_root, tmp_path
     m = json.loads((out / "metrics.json").read_text())
     assert m["monitor"] == "acc1" and m["monitor_mode"] == "max" and m["eval_split"].startswith("val")
     assert m["xgboost"]["eval_on"] == "test" and "optimistic" in m["xgboost"]["note"]
+    # issue 19: validation predictions (fit) and test predictions (the selected checkpoint), the manifest
+    val, test = read_predictions(out / "predictions_val.csv"), read_predictions(out / "predictions.csv")
+    assert not val.multilabel and val.probs.sum(1) == pytest.approx(1.0, abs=1e-6)
+    assert (test.probs.argmax(1) == test.targets).mean() == pytest.approx(m["best"]["acc1"], abs=1e-6)
+    assert set(m["split_manifest"]["sha256"]) == {"train", "val", "test"} and m["split_check"]["ok"]
+    assert read_split_manifest(out)["splits"]["val"]["num_samples"] == len(val.ids) and not set(val.ids) & set(test.ids)
     rows = (out / "log.csv").read_text().splitlines()
     assert "train_mse" in rows[0].split(",")  # the mask-guidance loss is trained and logged
     assert "MMANet_mask_guided_Classification" in str(next((out / "checkpoint").glob("*.pth")))

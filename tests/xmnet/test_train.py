@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from common.checkpoint import load_checkpoint
+from common.predictions import read_predictions
 from common.synth.xmnet import write
 from tests.xmnet.helpers import TINY
 from xmnet import Train, engine_xmnet
@@ -103,6 +104,8 @@ def test_readme_step2_segmentation_from_inside_xmnet(xm_root, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["monitor"] == "sel_train_iou" and {"iou", "dice"} <= set(metrics["best"])
     assert "acc1" not in metrics["best"] and "xgboost" not in metrics
+    preds = read_predictions(out / "predictions.csv")  # issue 19: per-image IoU / Dice beside the scores
+    assert preds.extras["iou"].mean() == pytest.approx(metrics["best"]["iou"], abs=1e-6)
     assert len(list((out / "predicted_masks").glob("*.png"))) == 2
     ckpts = list((out / "checkpoint").glob("XMNet_Segmentation_Unet-Segmentation-*.pth"))
     assert len(ckpts) == 1
