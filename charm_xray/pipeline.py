@@ -70,9 +70,10 @@ def grid_settings(args: argparse.Namespace) -> list[tuple[float, int, float]] | 
 
 
 def build_loss(args: argparse.Namespace, loss_type: str) -> nn.Module:
-    return ChestXrayLoss(loss_type, alpha=args.focal_alpha, gamma=args.focal_gamma,
-                         focal_ignore_kwargs=args.focal_ignore_kwargs, gamma_neg=args.gamma_neg,
-                         gamma_pos=args.gamma_pos, clip=args.clip, asl_variant=args.asl_variant)
+    return ChestXrayLoss(loss_type, focal_alpha=args.focal_alpha, focal_gamma=args.focal_gamma,
+                         asymmetric_gamma_neg=args.gamma_neg, asymmetric_gamma_pos=args.gamma_pos,
+                         focal_ignore_kwargs=args.focal_ignore_kwargs, asymmetric_clip=args.clip,
+                         asl_variant=args.asl_variant)
 
 
 def build_model_from_args(args: argparse.Namespace, momentum: float, k: int, threshold: float) -> nn.Module:

@@ -151,15 +151,16 @@ def test_official_asl_matches_ridnik_and_reduces_to_summed_bce():
     pn = torch.clamp(1 - p + 0.05, max=1)
     w = torch.where(y > 0, (1 - p) ** 1, pm ** 4)
     ref = -(w * (y * torch.log(p.clamp(min=1e-8)) + (1 - y) * torch.log(pn.clamp(min=1e-8)))).sum()
-    assert torch.allclose(AsymmetricLoss(4, 1, 0.05, variant="official")(z, y), ref, rtol=1e-5)
+    assert torch.allclose(AsymmetricLoss(4, 1, 0.05, reduction="sum", variant="official")(z, y), ref, rtol=1e-5)
+    assert torch.allclose(ChestXrayLoss("asymmetric", asl_variant="official")(z, y), ref, rtol=1e-5)
     bce_sum = F.binary_cross_entropy_with_logits(z, y, reduction="sum")
-    assert torch.allclose(AsymmetricLoss(0, 0, 0, variant="official")(z, y), bce_sum, rtol=1e-5)
+    assert torch.allclose(AsymmetricLoss(0, 0, 0, reduction="sum", variant="official")(z, y), bce_sum, rtol=1e-5)
 
 
 def test_official_asl_weight_has_no_gradient():
     z, y = _case()
     z1 = z.clone().requires_grad_(True)
-    AsymmetricLoss(4, 1, 0.0, variant="official")(z1, y).backward()
+    AsymmetricLoss(4, 1, 0.0, reduction="sum", variant="official")(z1, y).backward()
     z2 = z.clone().requires_grad_(True)
     p = torch.sigmoid(z2)
     w = torch.where(y > 0, 1 - p, p ** 4).detach()
@@ -172,9 +173,10 @@ def test_focal_loss_formula_and_notebook_kwargs_quirk():
     bce = F.binary_cross_entropy_with_logits(z, y, reduction="none")
     ref = (0.25 * (1 - torch.exp(-bce)) ** 3 * bce).mean()
     assert torch.allclose(FocalLoss(0.25, 3)(z, y), ref, atol=1e-6)
-    assert torch.allclose(ChestXrayLoss("focal", alpha=0.25, gamma=3)(z, y), ref, atol=1e-6)
+    assert torch.allclose(ChestXrayLoss("focal", focal_alpha=0.25, focal_gamma=3)(z, y), ref, atol=1e-6)
     default = (1.0 * (1 - torch.exp(-bce)) ** 2 * bce).mean()
-    assert torch.allclose(ChestXrayLoss("focal", alpha=0.25, gamma=3, focal_ignore_kwargs=True)(z, y), default, atol=1e-6)
+    assert torch.allclose(ChestXrayLoss("focal", focal_alpha=0.25, focal_gamma=3, focal_ignore_kwargs=True)(z, y),
+                          default, atol=1e-6)
     assert torch.allclose(ChestXrayLoss("bce")(z, y), F.binary_cross_entropy_with_logits(z, y))
 
 
