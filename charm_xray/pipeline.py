@@ -40,7 +40,7 @@ from charm_xray.engine_charm import (
 )
 from charm_xray.losses import ChestXrayLoss
 from charm_xray.models import build_model
-from common.checkpoint import atomic_save, atomic_write_text, load_checkpoint
+from common.checkpoint import atomic_save, atomic_write_text
 from common.cli import resolve_amp
 from common.dist import DistContext, init_distributed
 from common.engine import build_loader, collect_outputs
@@ -383,20 +383,3 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
                            f"(see {out / config.MODEL_PATHS['results_dir'] / 'grid_search_results.csv'})")
     return results
 
-
-def load_for_eval(path: str | Path) -> dict[str, torch.Tensor]:
-    """The model state dict inside any checkpoint ``test_checkpoint.py`` accepts (see its docstring)."""
-    from common.checkpoint import CheckpointError
-
-    ckpt = load_checkpoint(path)
-    state = ckpt
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"--checkpoint {path}: no model state dict inside (expected a state dict, a "
-                              "{'model': state_dict, ...} file or a fastai {'model', 'opt'} file)")
-    if all(k.startswith("model.") for k in state):  # notebook ModelWrapper
-        state = {k[len("model."):]: v for k, v in state.items()}
-    return state
