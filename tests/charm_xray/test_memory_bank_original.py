@@ -93,10 +93,10 @@ def _self_similarity(v: torch.Tensor) -> torch.Tensor:
 
 def test_a_self_match_at_0_99999994_is_retrieved_as_in_the_original():
     # a feature whose float32 cosine with itself is 0.99999994 (1 - 2**-24), not 1.0
+    below_one = torch.tensor(1.0 - 2.0 ** -24)
     v = next(torch.tensor(c, dtype=torch.float32) for c in itertools.product(range(1, 6), repeat=3)
-             if _self_similarity(torch.tensor(c, dtype=torch.float32)) < 1.0)
+             if _self_similarity(torch.tensor(c, dtype=torch.float32)) == below_one)
     sim_self = _self_similarity(v)
-    assert sim_self == torch.tensor(1.0 - 2.0 ** -24)
     other = torch.tensor([-1.0, 4.0, 0.5])
     bank = MemoryBank(3, 4)
     bank.write(torch.stack([v, other]))  # slots 2, 3 stay zero
