@@ -34,7 +34,7 @@ def run(ctx: Ctx) -> None:
     if ctx.quick:
         bank, batch, dim = 64, 16, 128
     torch.manual_seed(0)
-    mb = MemoryBank(bank, dim).to(dev)
+    mb = MemoryBank(dim, bank).to(dev)
     mb.write(torch.randn(bank, dim, device=dev))
     q = torch.randn(batch, dim, device=dev)
     with torch.no_grad():

@@ -41,6 +41,10 @@ from common.data.lists import ImageRecord
 from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SPLITS = ("charm_notebook", "official", "test_checkpoint")
+PHASE1_ALL_IMAGES_NOTEBOOK_ERROR = (
+    "--phase1_findings_only false is not available with --split charm_notebook: that split is the notebooks' "
+    "protocol, whose phase 1 keeps only the images with a finding; use --split official for a phase 1 on every "
+    "image")
 
 
 def load_table(data_dir: str | Path) -> pd.DataFrame:
@@ -183,8 +187,11 @@ def test_checkpoint_split(table: pd.DataFrame, *, num_samples: int = 100,
 
 def make_split(table: pd.DataFrame, protocol: str, *, seed: int = config.SEED,
                valid_pct: float = config.VALID_PCT, phase1_findings_only: bool = True) -> SplitPlan:
-    """The plan for ``--split`` ``charm_notebook`` or ``official``."""
+    """The plan for ``--split`` ``charm_notebook`` or ``official``. ``phase1_findings_only=False`` (phase 1
+    on every image) exists for ``official`` only: the notebooks' phase 1 has findings only."""
     if protocol == "charm_notebook":
+        if not phase1_findings_only:
+            raise ValueError(PHASE1_ALL_IMAGES_NOTEBOOK_ERROR)
         return charm_notebook_split(table, seed=seed, valid_pct=valid_pct)
     if protocol == "official":
         return official_split(table, seed=seed, valid_pct=valid_pct, phase1_findings_only=phase1_findings_only)

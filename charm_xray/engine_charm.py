@@ -36,6 +36,7 @@ from common.checkpoint import atomic_write_text, load_checkpoint, save_checkpoin
 from common.dist import DistContext
 from common.engine import FitConfig, Task, fit, updates_per_epoch
 from common.metrics.multilabel import _macro, f1_scores, roc_auc_per_class
+from common.optim import fastai_adam
 from common.run import RunDir
 from common.schedule import OneCycleSchedule
 from common.seed import seed_everything
@@ -94,28 +95,13 @@ def body_head_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Param
     return body, head
 
 
-def _no_decay_ids(model: nn.Module) -> set[int]:
-    ids = set()
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if name == "bias" or isinstance(module, nn.modules.batchnorm._BatchNorm):
-                ids.add(id(p))
-    return ids
-
-
-def build_fastai_adam(model: nn.Module, lr: float, *, weight_decay: float = 0.01, split: bool = False,
-                      betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-5) -> torch.optim.Optimizer:
-    """fastai's default optimizer as torch ``AdamW``; groups are tagged ``part`` = body/head/all."""
-    no_decay = _no_decay_ids(model)
+def build_fastai_adam(model: nn.Module, lr: float, *, weight_decay: float = 0.01,
+                      split: bool = False) -> torch.optim.Optimizer:
+    """fastai's default optimizer (:func:`common.optim.fastai_adam`) over one part "all", or body and head
+    (``split``, for ``--freeze_backbone`` / ``--discriminative_lr``); groups are tagged ``part``."""
     body, head = body_head_split(model)
-    parts = {"body": body, "head": head} if split else {"all": body + head}
-    groups = []
-    for part, params in parts.items():
-        for decay in (True, False):
-            chosen = [p for p in params if (id(p) not in no_decay) == decay]
-            if chosen:
-                groups.append({"params": chosen, "weight_decay": weight_decay if decay else 0.0, "part": part})
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    return fastai_adam(model, lr, weight_decay=weight_decay,
+                       parts={"body": body, "head": head} if split else {"all": body + head})
 
 
 def slice_lrs(lr: float | tuple[float | None, float], parts: int) -> list[float]:

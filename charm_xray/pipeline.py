@@ -48,7 +48,7 @@ from charm_xray.engine_charm import (
 )
 from charm_xray.losses import ChestXrayLoss
 from charm_xray.models import build_model
-from common.checkpoint import atomic_save, atomic_write_text, load_checkpoint
+from common.checkpoint import atomic_save, atomic_write_text
 from common.cli import resolve_amp
 from common.data.formats.chestxray14 import CSV_NAME, TEST_LIST, TRAIN_VAL_LIST
 from common.dist import DistContext, init_distributed
@@ -117,9 +117,10 @@ def grid_settings(args: argparse.Namespace) -> list[tuple[float, int, float]] | 
 
 
 def build_loss(args: argparse.Namespace, loss_type: str) -> nn.Module:
-    return ChestXrayLoss(loss_type, alpha=args.focal_alpha, gamma=args.focal_gamma,
-                         focal_ignore_kwargs=args.focal_ignore_kwargs, gamma_neg=args.gamma_neg,
-                         gamma_pos=args.gamma_pos, clip=args.clip, asl_variant=args.asl_variant)
+    return ChestXrayLoss(loss_type, focal_alpha=args.focal_alpha, focal_gamma=args.focal_gamma,
+                         asymmetric_gamma_neg=args.gamma_neg, asymmetric_gamma_pos=args.gamma_pos,
+                         focal_ignore_kwargs=args.focal_ignore_kwargs, asymmetric_clip=args.clip,
+                         asl_variant=args.asl_variant)
 
 
 def build_model_from_args(args: argparse.Namespace, momentum: float, k: int, threshold: float) -> nn.Module:
@@ -597,20 +598,3 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
                            f"(see {out / config.MODEL_PATHS['results_dir'] / 'grid_search_results.csv'})")
     return results
 
-
-def load_for_eval(path: str | Path) -> dict[str, torch.Tensor]:
-    """The model state dict inside any checkpoint ``test_checkpoint.py`` accepts (see its docstring)."""
-    from common.checkpoint import CheckpointError
-
-    ckpt = load_checkpoint(path)
-    state = ckpt
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"--checkpoint {path}: no model state dict inside (expected a state dict, a "
-                              "{'model': state_dict, ...} file or a fastai {'model', 'opt'} file)")
-    if all(k.startswith("model.") for k in state):  # notebook ModelWrapper
-        state = {k[len("model."):]: v for k, v in state.items()}
-    return state

@@ -17,7 +17,7 @@ if __package__ in (None, ""):  # `python train.py` from charm_xray/ or `python c
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from charm_xray import config  # noqa: E402
-from charm_xray.data import SPLITS  # noqa: E402
+from charm_xray.data import PHASE1_ALL_IMAGES_NOTEBOOK_ERROR, SPLITS  # noqa: E402
 from charm_xray.losses import AsymmetricLoss, ChestXrayLoss  # noqa: E402
 from charm_xray.models.chest_xray_model import MODEL_NAMES, describe_model_names  # noqa: E402
 from common.cli import add_amp_flag, add_channels_last_flag, add_compile_flag, run_main, str2bool  # noqa: E402
@@ -36,7 +36,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--valid_pct", default=config.VALID_PCT, type=float,
                    help="validation fraction (RandomSplitter / official patients) (default: 0.125)")
     g.add_argument("--phase1_findings_only", default=True, type=str2bool,
-                   help="phase 1 trains on images with at least one finding, as the notebooks (default: true)")
+                   help="phase 1 trains on images with at least one finding, as the notebooks (default: true); "
+                        "false (phase 1 on every image) needs --split official: the charm_notebook split is the "
+                        "notebooks' protocol, whose phase 1 has findings only")
     g.add_argument("--image_size", default=config.IMAGE_SIZE[0], type=int, help="square input side (default: 224)")
     g.add_argument("--num_workers", default=2, type=int, help="loader workers (default: 2)")
     g = parser.add_argument_group("model (config.ModelConfig)")
@@ -157,6 +159,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--valid_pct must be in (0, 1), got {args.valid_pct}")
     if args.lr is not None and args.lr <= 0:
         parser.error(f"--lr must be positive, got {args.lr}")
+    if args.split == "charm_notebook" and not args.phase1_findings_only:
+        parser.error(PHASE1_ALL_IMAGES_NOTEBOOK_ERROR)
 
 
 def main(args: argparse.Namespace):

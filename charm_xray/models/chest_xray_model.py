@@ -1,11 +1,11 @@
 """The CHARM-Xray network (charm_xray.md §4): a torchvision backbone whose final block is duplicated
 as a momentum branch, multi-scale spatial attention, a memory bank and an MLP classifier.
 
-State-dict keys are the original's (§4.7): ``backbone.*``, ``final_block.0.*``,
-``momentum_final_block.final_block.0.*``, ``spatial_attention.{conv1,conv3,conv5,spatial_att.0}.*``,
+State-dict keys are the original's (§4.7) for every backbone: ``backbone.*``, ``final_block.*``,
+``momentum_final_block.final_block.*``, ``spatial_attention.{conv1,conv3,conv5,spatial_att.0}.*``,
 ``memory_bank.{memory,index}``, ``classifier.{0,1,4}.*`` and the duplicate ``base_model.*`` entries
 (the torchvision model kept as an attribute; same tensors). A state dict of the original ``.py``
-model therefore loads strict; notebook checkpoints add a ``model.`` prefix (see ``load_original``).
+model therefore loads strict; notebook checkpoints add a ``model.`` prefix (read by ``charm_xray.evaluate.read_checkpoint``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -35,7 +36,7 @@ _BACKBONES: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "resnet18": (torchvision.models.resnet18, "ResNet-18 (not in the original; small CPU runs)"),
 }
 MODEL_NAMES: tuple[str, ...] = (*_BACKBONES, "vgg16_lka")
-MEMORY_SELECT = ("near_mean", "rare")
+MEMORY_SELECT = MemoryBank.SELECT
 
 
 def describe_model_names() -> str:
@@ -61,21 +62,31 @@ def load_torchvision_weights(model: nn.Module, path: str | Path | None, what: st
 
 
 def _split_torchvision(name: str, net: nn.Module) -> tuple[nn.Module, nn.Module, int]:
-    """(backbone, final block, C) as the original splits each torchvision model (§4.1)."""
+    """(backbone, final block, C) built as the original builds them (§4.1), so the state-dict keys
+    are its keys (§4.7):
+
+    * ResNet: ``backbone = Sequential(conv1, bn1, relu, maxpool, layer1, layer2, layer3)`` and the
+      final block is ``layer4`` itself (``final_block.<bottleneck>.*``);
+    * DenseNet: ``backbone = Sequential(*features.children()[:-1])`` (positional keys ``backbone.0.*``
+      = conv0, ...) and ``final_block = Sequential(norm5)`` (``final_block.0.*``);
+    * EfficientNet: ``backbone = Sequential(*features[:-1])``, ``final_block = Sequential(features[-1])``.
+    """
     if name.startswith("resnet"):
         backbone = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3)
         final = net.layer4
         channels = net.fc.in_features
         net.fc = nn.Identity()
     elif name == "densenet121":
-        backbone = net.features[:-1]
-        final = net.features[-1]  # DenseNet's last feature module is its final BatchNorm2d
-        channels = final.num_features
+        children = list(net.features.children())
+        backbone = nn.Sequential(*children[:-1])
+        final = nn.Sequential(children[-1])  # DenseNet's last feature module is its final BatchNorm2d
+        channels = children[-1].num_features
         net.classifier = nn.Identity()
     else:
-        backbone = net.features[:-1]
-        final = net.features[-1]
-        channels = final[0].out_channels
+        children = list(net.features)
+        backbone = nn.Sequential(*children[:-1])
+        final = nn.Sequential(children[-1])
+        channels = children[-1][0].out_channels
         net.classifier = nn.Identity()
     return backbone, final, channels
 
@@ -107,23 +118,20 @@ class ChestXrayModel(nn.Module):
         super().__init__()
         if model_name not in _BACKBONES:
             raise ValueError(f"--model_name: unknown '{model_name}' (choose from {', '.join(MODEL_NAMES)})")
-        if memory_select not in MEMORY_SELECT:
-            raise ValueError(f"--memory_select: unknown '{memory_select}' (choose from {', '.join(MEMORY_SELECT)})")
-        self.memory_select = memory_select
         builder, what = _BACKBONES[model_name]
         net = builder(weights=None)
         load_torchvision_weights(net, pretrained_weights, what.split(" (")[0])
         backbone, final, channels = _split_torchvision(model_name, net)
         self.model_name = model_name
         self.feature_dim = channels
-        self.rarity_threshold = rarity_threshold
         self.retrieval_k = retrieval_k
         self.base_model = net
         self.backbone = backbone
-        self.final_block = nn.Sequential(final)
+        self.final_block = final
         self.momentum_final_block = MomentumFinalBlock(self.final_block, momentum)
         self.spatial_attention = SpatialAttention(channels, attention_reduction)
-        self.memory_bank = MemoryBank(bank_size, channels, wrap_writes=memory_wrap, exclusion_tol=exclusion_tol)
+        self.memory_bank = MemoryBank(channels, bank_size, rarity_threshold, select=memory_select,
+                                      wrap_writes=memory_wrap, exclusion_tol=exclusion_tol)
         self.classifier = nn.Sequential(
             nn.BatchNorm1d(channels),
             nn.Linear(channels, hidden_dim),
@@ -136,6 +144,14 @@ class ChestXrayModel(nn.Module):
     def momentum(self) -> float:
         return self.momentum_final_block.momentum
 
+    @property
+    def rarity_threshold(self) -> float:
+        return self.memory_bank.rarity_threshold
+
+    @property
+    def memory_select(self) -> str:
+        return self.memory_bank.select
+
     def set_memory_params(self, *, momentum: float | None = None, retrieval_k: int | None = None,
                           rarity_threshold: float | None = None) -> None:
         """Set the grid's three settings (MOMENTUM, RETRIEVAL_K, RARITY_THRESHOLD)."""
@@ -144,7 +160,7 @@ class ChestXrayModel(nn.Module):
         if retrieval_k is not None:
             self.retrieval_k = retrieval_k
         if rarity_threshold is not None:
-            self.rarity_threshold = rarity_threshold
+            self.memory_bank.rarity_threshold = rarity_threshold
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(fused pooled feature [B, C], spatial attention map [B, 1, H, W])."""
@@ -152,21 +168,23 @@ class ChestXrayModel(nn.Module):
         feat = self.final_block(b)
         feat_m = self.momentum_final_block(b)
         att = self.spatial_attention(feat)
-        roi = (feat * att).mean(dim=(2, 3))
-        fused = roi + feat_m.mean(dim=(2, 3))
+        # the original's ops (adaptive_avg_pool2d, then the sum): its bank compares similarities with
+        # 1.0 exactly, so a last-bit difference in these features changes which slots are retrieved
+        roi = F.adaptive_avg_pool2d(feat * att, (1, 1)).flatten(1)
+        fused = roi + F.adaptive_avg_pool2d(feat_m, (1, 1)).flatten(1)
         return fused, att
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fused, _ = self.forward_features(x)
         if self.training:
-            norms = fused.detach().float().norm(dim=1)
-            mean = norms.mean()
-            rarity = (norms - mean).abs() / mean
+            with torch.no_grad():
+                norms = torch.norm(fused, dim=1)
+                mean_norm = torch.mean(norms)
+                rarity = torch.abs(norms - mean_norm) / mean_norm
             # the original stores features whose norm is close to the batch mean (quirk 4); "rare" stores
             # the outliers, as the paper's wording ("rare feature storage") suggests
-            chosen = rarity < self.rarity_threshold if self.memory_select == "near_mean" else rarity >= self.rarity_threshold
-            self.memory_bank.write(fused.detach()[chosen])
-        enhanced = fused + self.memory_bank.retrieve(fused, self.retrieval_k)
+            self.memory_bank.update(fused.detach(), rarity)
+        enhanced = fused + self.memory_bank.retrieve(fused, k=self.retrieval_k)
         logits = self.classifier(enhanced)
         if self.training:
             self.momentum_final_block.update(self.final_block)

@@ -14,7 +14,7 @@ from charm_xray.models.components import LKA, MemoryBank, MomentumFinalBlock, Sp
 
 
 def test_memory_bank_write_truncates_at_the_end_and_wraps_the_index():
-    bank = MemoryBank(size=4, dim=2)
+    bank = MemoryBank(2, bank_size=4)
     assert bank.write(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])) == 3
     assert int(bank.index) == 3
     # 2 rows offered, 1 slot left: only the first is written, nothing wraps inside the write
@@ -27,11 +27,11 @@ def test_memory_bank_write_truncates_at_the_end_and_wraps_the_index():
 
 
 def test_memory_bank_is_in_the_state_dict():
-    assert set(MemoryBank(8, 3).state_dict()) == {"memory", "index"}
+    assert set(MemoryBank(3, 8).state_dict()) == {"memory", "index"}
 
 
 def test_retrieve_hand_computed_with_zero_slots_and_the_exact_one_exclusion():
-    bank = MemoryBank(size=4, dim=2)
+    bank = MemoryBank(2, 4)
     bank.write(torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]]))  # slot 3 stays all-zero
     query = torch.tensor([[1.0, 0.0]])
     # cosines: slot0 = 1.0 exactly (excluded), slot1 = 0, slot2 = 3/5, slot3 (zero) = 0
@@ -44,7 +44,7 @@ def test_retrieve_hand_computed_with_zero_slots_and_the_exact_one_exclusion():
 
 
 def test_retrieve_uses_raw_possibly_negative_similarities_and_keeps_the_query_gradient():
-    bank = MemoryBank(size=2, dim=2)
+    bank = MemoryBank(2, 2)
     bank.write(torch.tensor([[-1.0, 1.0], [0.0, 3.0]]))
     query = torch.tensor([[1.0, 1.0]], requires_grad=True)
     out = bank.retrieve(query, k=2)
@@ -54,13 +54,13 @@ def test_retrieve_uses_raw_possibly_negative_similarities_and_keeps_the_query_gr
     assert torch.allclose(out[0], expected, atol=1e-6)
     out.sum().backward()
     assert query.grad is not None and query.grad.abs().sum() > 0
-    bank2 = MemoryBank(size=1, dim=2)
+    bank2 = MemoryBank(2, 1)
     bank2.write(torch.tensor([[-2.0, 0.0]]))
     assert torch.allclose(bank2.retrieve(torch.tensor([[1.0, 0.0]]), k=1), torch.tensor([[2.0, 0.0]]))  # -1 * [-2, 0]
 
 
 def test_retrieve_is_zero_when_every_slot_is_excluded():
-    bank = MemoryBank(size=2, dim=2)
+    bank = MemoryBank(2, 2)
     bank.write(torch.tensor([[1.0, 0.0], [2.0, 0.0]]))
     assert torch.equal(bank.retrieve(torch.tensor([[3.0, 0.0]]), k=3), torch.zeros(1, 2))
 
@@ -151,15 +151,16 @@ def test_official_asl_matches_ridnik_and_reduces_to_summed_bce():
     pn = torch.clamp(1 - p + 0.05, max=1)
     w = torch.where(y > 0, (1 - p) ** 1, pm ** 4)
     ref = -(w * (y * torch.log(p.clamp(min=1e-8)) + (1 - y) * torch.log(pn.clamp(min=1e-8)))).sum()
-    assert torch.allclose(AsymmetricLoss(4, 1, 0.05, variant="official")(z, y), ref, rtol=1e-5)
+    assert torch.allclose(AsymmetricLoss(4, 1, 0.05, reduction="sum", variant="official")(z, y), ref, rtol=1e-5)
+    assert torch.allclose(ChestXrayLoss("asymmetric", asl_variant="official")(z, y), ref, rtol=1e-5)
     bce_sum = F.binary_cross_entropy_with_logits(z, y, reduction="sum")
-    assert torch.allclose(AsymmetricLoss(0, 0, 0, variant="official")(z, y), bce_sum, rtol=1e-5)
+    assert torch.allclose(AsymmetricLoss(0, 0, 0, reduction="sum", variant="official")(z, y), bce_sum, rtol=1e-5)
 
 
 def test_official_asl_weight_has_no_gradient():
     z, y = _case()
     z1 = z.clone().requires_grad_(True)
-    AsymmetricLoss(4, 1, 0.0, variant="official")(z1, y).backward()
+    AsymmetricLoss(4, 1, 0.0, reduction="sum", variant="official")(z1, y).backward()
     z2 = z.clone().requires_grad_(True)
     p = torch.sigmoid(z2)
     w = torch.where(y > 0, 1 - p, p ** 4).detach()
@@ -172,9 +173,10 @@ def test_focal_loss_formula_and_notebook_kwargs_quirk():
     bce = F.binary_cross_entropy_with_logits(z, y, reduction="none")
     ref = (0.25 * (1 - torch.exp(-bce)) ** 3 * bce).mean()
     assert torch.allclose(FocalLoss(0.25, 3)(z, y), ref, atol=1e-6)
-    assert torch.allclose(ChestXrayLoss("focal", alpha=0.25, gamma=3)(z, y), ref, atol=1e-6)
+    assert torch.allclose(ChestXrayLoss("focal", focal_alpha=0.25, focal_gamma=3)(z, y), ref, atol=1e-6)
     default = (1.0 * (1 - torch.exp(-bce)) ** 2 * bce).mean()
-    assert torch.allclose(ChestXrayLoss("focal", alpha=0.25, gamma=3, focal_ignore_kwargs=True)(z, y), default, atol=1e-6)
+    assert torch.allclose(ChestXrayLoss("focal", focal_alpha=0.25, focal_gamma=3, focal_ignore_kwargs=True)(z, y),
+                          default, atol=1e-6)
     assert torch.allclose(ChestXrayLoss("bce")(z, y), F.binary_cross_entropy_with_logits(z, y))
 
 
@@ -186,11 +188,11 @@ def test_unknown_loss_or_variant_is_a_one_line_error():
 
 
 def test_corrected_memory_behaviours_behind_flags():
-    bank = MemoryBank(size=4, dim=1, wrap_writes=True)
+    bank = MemoryBank(1, 4, wrap_writes=True)
     bank.write(torch.tensor([[1.0], [2.0], [3.0]]))
     bank.write(torch.tensor([[4.0], [5.0]]))  # wraps: slot 3 then slot 0
     assert bank.memory.flatten().tolist() == [5.0, 2.0, 3.0, 4.0] and int(bank.index) == 1
-    tol = MemoryBank(size=2, dim=2, exclusion_tol=1e-6)
+    tol = MemoryBank(2, 2, exclusion_tol=1e-6)
     tol.write(torch.tensor([[1.0, 1e-4], [0.0, 1.0]]))  # cosine to the query ~ 1 - 5e-9: excluded with a tol
     out = tol.retrieve(torch.tensor([[1.0, 0.0]]), k=1)
     assert torch.allclose(out, torch.zeros(1, 2), atol=1e-6)  # only slot 1 (cosine 0) is left

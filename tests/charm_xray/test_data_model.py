@@ -6,6 +6,7 @@ import pytest
 import torch
 import torchvision
 from sklearn.model_selection import train_test_split
+from torch import nn
 
 from charm_xray.data import charm_notebook_split, load_table, official_split, random_splitter
 from charm_xray.data import test_checkpoint_split as checkpoint_split
@@ -150,50 +151,102 @@ def _charm_part_keys():
     return keys
 
 
+_TORCHVISION = {"efficientnet_b0": torchvision.models.efficientnet_v2_s, "efficientnet_b1": torchvision.models.efficientnet_b1,
+                "resnet50": torchvision.models.resnet50, "densenet121": torchvision.models.densenet121,
+                "resnet18": torchvision.models.resnet18}
+_CHANNELS = {"efficientnet_b0": 1280, "efficientnet_b1": 1280, "resnet50": 2048, "densenet121": 1024, "resnet18": 512}
+
+
 def _original_keys(model_name: str) -> set[str]:
-    """§4.1 / §4.7 from torchvision's own key names (not from our model)."""
-    if model_name == "efficientnet_b0":
-        tv = torchvision.models.efficientnet_v2_s().state_dict()
-        last = "features.7."
-        body = {"backbone." + k[len("features."):] for k in tv if k.startswith("features.") and not k.startswith(last)}
-        final = {k[len(last):] for k in tv if k.startswith(last)}
-        base = {"base_model." + k for k in tv if not k.startswith("classifier.")}
-    elif model_name == "resnet50":
-        tv = torchvision.models.resnet50().state_dict()
-        index = {"conv1": 0, "bn1": 1, "layer1": 4, "layer2": 5, "layer3": 6}
-        body = {f"backbone.{index[k.split('.')[0]]}.{k.split('.', 1)[1]}" for k in tv if k.split(".")[0] in index}
-        final = {k[len("layer4."):] for k in tv if k.startswith("layer4.")}
+    """§4.1 / §4.7 from torchvision's own key names (not from our model): the backbone is an
+    ``nn.Sequential`` of the listed children (keys by position), the final block is ResNet's
+    ``layer4`` itself or ``Sequential(features[-1])`` (EfficientNet, DenseNet), and the torchvision
+    model stays as ``base_model`` without its head."""
+    tv = _TORCHVISION[model_name]().state_dict()
+
+    def under(prefix):  # the keys of torchvision submodule ``prefix``, relative to it
+        return {k[len(prefix) + 1:] for k in tv if k.startswith(prefix + ".")}
+
+    if model_name.startswith("resnet"):
+        children = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"]
+        body = {f"backbone.{i}.{k}" for i, c in enumerate(children) for k in under(c)}
+        final = {"final_block." + k for k in under("layer4")}  # layer4 itself: final_block.<bottleneck>.*
         base = {"base_model." + k for k in tv if not k.startswith("fc.")}
-    else:  # densenet121
-        tv = torchvision.models.densenet121().state_dict()
-        body = {"backbone." + k[len("features."):] for k in tv if k.startswith("features.") and ".norm5." not in f".{k}"}
-        final = {k[len("features.norm5."):] for k in tv if k.startswith("features.norm5.")}
+    else:  # features children by position: EfficientNet "0".."7"; DenseNet conv0, norm0, ..., denseblock4, norm5
+        children = list(dict.fromkeys(k.split(".")[1] for k in tv if k.startswith("features.")))
+        if model_name == "densenet121":  # children without parameters (relu0, pool0) still take a position
+            children = ["conv0", "norm0", "relu0", "pool0", "denseblock1", "transition1", "denseblock2",
+                        "transition2", "denseblock3", "transition3", "denseblock4", "norm5"]
+        body = {f"backbone.{i}.{k}" for i, c in enumerate(children[:-1]) for k in under(f"features.{c}")}
+        final = {"final_block.0." + k for k in under(f"features.{children[-1]}")}
         base = {"base_model." + k for k in tv if not k.startswith("classifier.")}
-    return (body | base | {"final_block.0." + k for k in final}
-            | {"momentum_final_block.final_block.0." + k for k in final} | _charm_part_keys())
+    return body | base | final | {"momentum_final_block." + k for k in final} | _charm_part_keys()
 
 
-@pytest.mark.parametrize("model_name,channels", [("efficientnet_b0", 1280), ("resnet50", 2048), ("densenet121", 1024)])
-def test_state_dict_keys_are_the_originals_and_load_strict(model_name, channels, tmp_path):
+def _original_layout(model_name: str) -> nn.Module:
+    """The module tree the original ``ChestXrayModel.__init__`` builds (§4.1-4.7), with no forward: the
+    torchvision model as ``base_model``, ``backbone`` / ``final_block`` from its children,
+    ``momentum_final_block.final_block`` a copy, ``spatial_attention.{conv1,conv3,conv5,spatial_att}``,
+    ``memory_bank.{memory,index}`` buffers and ``classifier`` = BN, Linear, ReLU, Dropout, Linear."""
+    import copy
+
+    root = nn.Module()
+    tv = root.base_model = _TORCHVISION[model_name]()
+    if model_name.startswith("resnet"):
+        root.backbone = nn.Sequential(tv.conv1, tv.bn1, tv.relu, tv.maxpool, tv.layer1, tv.layer2, tv.layer3)
+        root.final_block = tv.layer4
+        tv.fc = nn.Identity()
+    else:
+        features = list(tv.features.children())
+        root.backbone = nn.Sequential(*features[:-1])
+        root.final_block = nn.Sequential(features[-1])
+        tv.classifier = nn.Identity()
+    c, r = _CHANNELS[model_name], max(_CHANNELS[model_name] // 8, 8)
+    root.momentum_final_block = nn.Module()
+    root.momentum_final_block.final_block = copy.deepcopy(root.final_block)
+    att = root.spatial_attention = nn.Module()
+    att.conv1, att.conv3, att.conv5 = nn.Conv2d(c, r, 1), nn.Conv2d(c, r, 3, padding=1), nn.Conv2d(c, r, 5, padding=2)
+    att.spatial_att = nn.Sequential(nn.Conv2d(3 * r, 1, 1), nn.Sigmoid())
+    root.memory_bank = nn.Module()
+    root.memory_bank.register_buffer("memory", torch.randn(512, c))
+    root.memory_bank.register_buffer("index", torch.tensor(5))
+    root.classifier = nn.Sequential(nn.BatchNorm1d(c), nn.Linear(c, 512), nn.ReLU(), nn.Dropout(0.3), nn.Linear(512, 14))
+    return root
+
+
+@pytest.mark.parametrize("model_name", ["efficientnet_b0", "efficientnet_b1", "resnet50", "densenet121", "resnet18"])
+def test_state_dict_keys_are_the_originals_and_load_strict_both_ways(model_name):
     model = ChestXrayModel(model_name)
+    channels = _CHANNELS[model_name]
     assert model.feature_dim == channels
     expected = _original_keys(model_name)
     assert set(model.state_dict()) == expected
     assert model.state_dict()["spatial_attention.conv1.weight"].shape[0] == max(channels // 8, 8)
-    if model_name != "efficientnet_b0":
-        return
+    # an original model's state dict loads strict into ours (same values), and ours into an original model
+    torch.manual_seed(1)
+    original = _original_layout(model_name)
+    assert set(original.state_dict()) == expected
+    model.load_state_dict(original.state_dict(), strict=True)
+    ours = model.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in original.state_dict().items())
+    back = _original_layout(model_name)
+    back.load_state_dict(ChestXrayModel(model_name).state_dict(), strict=True)
+
+
+def test_original_checkpoint_layouts_load_strict(tmp_path):
     # an original-layout state dict (other values) loads strict, bare, with the notebook prefix and as fastai {model, opt}
-    other = ChestXrayModel(model_name).state_dict()
+    other = _original_layout("resnet50").state_dict()
     other["memory_bank.index"] = torch.tensor(7)
     for name, obj in {"plain.pth": other, "notebook.pth": {f"model.{k}": v for k, v in other.items()},
                       "fastai.pth": {"model": {f"model.{k}": v for k, v in other.items()},
                                      "opt": {"state": [], "hypers": [{"lr": 1e-4}]}}}.items():
         torch.save(obj, tmp_path / name)
         state, _ = read_checkpoint(tmp_path / name)
-        fresh = ChestXrayModel(model_name)
+        fresh = ChestXrayModel("resnet50")
         fresh.load_state_dict(state, strict=True)
         assert int(fresh.memory_bank.index) == 7
         assert torch.equal(fresh.classifier[4].weight, other["classifier.4.weight"])
+        assert torch.equal(fresh.final_block[2].conv3.weight, other["final_block.2.conv3.weight"])
 
 
 def test_unsafe_or_foreign_checkpoints_are_refused_in_one_line(tmp_path):
@@ -213,8 +266,8 @@ def test_pretrained_weights_come_from_a_local_file(tmp_path):
     tv = torchvision.models.resnet18()
     torch.save(tv.state_dict(), tmp_path / "r18.pth")
     model = ChestXrayModel("resnet18", pretrained_weights=tmp_path / "r18.pth")
-    assert torch.equal(model.final_block[0][0].conv1.weight, tv.layer4[0].conv1.weight)
-    assert torch.equal(model.momentum_final_block.final_block[0][0].conv1.weight, tv.layer4[0].conv1.weight)
+    assert torch.equal(model.final_block[0].conv1.weight, tv.layer4[0].conv1.weight)
+    assert torch.equal(model.momentum_final_block.final_block[0].conv1.weight, tv.layer4[0].conv1.weight)
     torch.save(torchvision.models.densenet121().state_dict(), tmp_path / "dn.pth")
     with pytest.raises(CheckpointError, match="not torchvision ResNet-18 weights"):
         ChestXrayModel("resnet18", pretrained_weights=tmp_path / "dn.pth")

@@ -11,6 +11,7 @@ from torch.utils.data import TensorDataset
 from charm_xray.engine_charm import (
     CharmTask,
     StageSettings,
+    body_head_split,
     build_fastai_adam,
     fit_one_cycle,
     set_frozen,
@@ -94,3 +95,25 @@ def test_fit_one_cycle_ends_on_the_best_valid_loss_epoch_and_skips_when_done(tmp
                   train, valid, epochs=4, lr=3e-2, settings=settings, ctx=ctx)
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in model.state_dict().items())
     assert len((tmp_path / "stage" / "log.csv").read_text().splitlines()) == len(rows)
+
+
+@pytest.mark.parametrize("model_name", ["efficientnet_b0", "efficientnet_b1", "resnet50", "densenet121", "vgg16_lka"])
+def test_fastai_adam_comes_from_common_and_leaves_biases_and_batchnorm_undecayed(model_name):
+    """fastai's ``wd_bn_bias=False``: no weight decay on BatchNorm parameters or biases, decay on the rest;
+    the groups are common.optim's (one implementation), in the order a saved optimizer state expects."""
+    from charm_xray.models import build_model
+    from common.optim import fastai_adam
+
+    model = build_model(model_name)
+    bn = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters()}
+    biases = {id(m.bias) for m in model.modules() if getattr(m, "bias", None) is not None}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    for split in (False, True):
+        opt = build_fastai_adam(model, 1e-3, split=split)
+        undecayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+        decayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.01 for p in g["params"]}
+        assert undecayed == (bn | biases) & trainable and decayed == trainable - bn - biases
+        body, head = body_head_split(model)
+        ref = fastai_adam(model, 1e-3, parts={"body": body, "head": head} if split else {"all": body + head})
+        assert [(g["part"], g["weight_decay"], [id(p) for p in g["params"]]) for g in opt.param_groups] == \
+            [(g["part"], g["weight_decay"], [id(p) for p in g["params"]]) for g in ref.param_groups]

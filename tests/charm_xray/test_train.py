@@ -178,3 +178,22 @@ def test_learns_multilabel_digits(tmp_path):
     result = pipeline.main(args)[0]
     # chance is 0.5; 6 + 2 epochs on about 270 training images reached 0.80 when measured
     assert result["mean_auc"] > 0.7, result
+
+
+def test_phase1_on_every_image_is_refused_under_the_notebook_split(data, capsys):
+    """The notebooks' protocol has a findings-only phase 1: ``--phase1_findings_only false`` there used to
+    be ignored silently; it is an error naming the flag, the split and the way on."""
+    with pytest.raises(SystemExit) as exit_info:
+        _args(["--phase1_findings_only", "false"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error: --phase1_findings_only false" in err and "charm_notebook" in err and "--split official" in err
+    args = _args(["--phase1_findings_only", "false", "--split", "official"])
+    assert not args.phase1_findings_only
+    from charm_xray.data import load_table, make_split
+
+    table = load_table(data)
+    with pytest.raises(ValueError, match="--phase1_findings_only false"):
+        make_split(table, "charm_notebook", phase1_findings_only=False)
+    every = make_split(table, "official", phase1_findings_only=False)
+    assert not every.phase1.train["has_finding"].all() and len(every.phase1.train) == len(every.phase2.train)
