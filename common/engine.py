@@ -131,6 +131,9 @@ class FitConfig:
     channels_last: bool | None = None
     # sentences for metrics.json ``protocol.warnings`` (e.g. ``common.pretrained.random_init_warning``)
     warnings: Sequence[str] = ()
+    # common.predictions.EvalRecorder: saves the predictions of the epoch reported as best (and, in
+    # metrics.json, names them with the split manifest and split check); None saves nothing
+    recorder: Any = None
 
     def __post_init__(self) -> None:
         if self.monitor_mode not in ("max", "min"):
@@ -580,6 +583,13 @@ def fit(
             cb.on_fit_start(state)
 
     last_record: dict[str, Any] | None = None
+    recorder_order = None  # dataset index of each gathered evaluation row (a collective under DDP)
+    if config.recorder is not None and config.recorder.writer is not None and data_loader_val is not None:
+        from common.predictions import loader_order
+
+        recorder_order = loader_order(data_loader_val, ctx)
+    monitored_outputs: dict[str, torch.Tensor] | None = None
+    last_outputs: tuple[int, dict[str, torch.Tensor]] | None = None
     for epoch in range(start_epoch, config.epochs):
         state.epoch = epoch
         _set_epoch(data_loader_train, epoch)
@@ -592,13 +602,18 @@ def fit(
         record: dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()}}
         if data_loader_val is not None and metric_fn is not None:
             if config.eval_live:
-                val = evaluate(eval_model, data_loader_val, predict_fn=task.predict, metric_fn=metric_fn, ctx=ctx,
-                               amp_dtype=amp_dtype, channels_last=state.channels_last)
-                record.update({f"val_{k}": v for k, v in val.items()})
+                outputs = collect_outputs(eval_model, data_loader_val, predict_fn=task.predict, ctx=ctx,
+                                          amp_dtype=amp_dtype, channels_last=state.channels_last)
+                record.update({f"val_{k}": v for k, v in metric_fn(outputs).items()})
+                if not config.select_on_ema:
+                    monitored_outputs = outputs
             if config.eval_ema:
-                val_ema = evaluate(eval_ema_model, data_loader_val, predict_fn=task.predict, metric_fn=metric_fn,
-                                   ctx=ctx, amp_dtype=amp_dtype, channels_last=state.channels_last)
-                record.update({f"val_{k}_ema": v for k, v in val_ema.items()})
+                outputs = collect_outputs(eval_ema_model, data_loader_val, predict_fn=task.predict, ctx=ctx,
+                                          amp_dtype=amp_dtype, channels_last=state.channels_last)
+                record.update({f"val_{k}_ema": v for k, v in metric_fn(outputs).items()})
+                if config.select_on_ema or not config.eval_live:
+                    monitored_outputs = outputs
+            del outputs
         record["epoch_time"] = time.time() - t0
         record = to_plain(record)
 
@@ -614,6 +629,12 @@ def fit(
         elif data_loader_val is not None and metric_fn is not None:
             raise KeyError(f"monitored metric '{monitor_key}' not among the evaluation results {sorted(record)}")
 
+        if recorder_order is not None and ctx.is_primary and monitored_outputs is not None:
+            if is_best:  # the predictions behind metrics.json's "best" section
+                config.recorder.save(out_dir, monitored_outputs, recorder_order, epoch=epoch)
+            else:  # kept in case no epoch ever counts as best ("best" then reports the last epoch)
+                last_outputs = (epoch, monitored_outputs)
+        monitored_outputs = None
         for cb in callbacks:
             if hasattr(cb, "on_epoch_end"):
                 cb.on_epoch_end(state, record)
@@ -668,6 +689,10 @@ def fit(
     if config.dataset is not None:
         summary["dataset"] = config.dataset
     add_protocol_warnings(summary, config.warnings)
+    if config.recorder is not None:
+        if state.best_record is None and last_outputs is not None and ctx.is_primary:
+            config.recorder.save(out_dir, last_outputs[1], recorder_order, epoch=last_outputs[0])
+        summary.update(config.recorder.metrics_entries(out_dir))
     run.write_json("metrics.json", summary)
     return summary
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -290,6 +290,11 @@ class PadChestSplit:
     val_paths: list[Path]
     val_labels: np.ndarray
     removed: int
+    # ImageID / PatientID per row (the split manifest's ids and patient level)
+    train_ids: list[str] = field(default_factory=list)
+    val_ids: list[str] = field(default_factory=list)
+    train_patients: list[str] = field(default_factory=list)
+    val_patients: list[str] = field(default_factory=list)
 
     @property
     def class_counts(self) -> np.ndarray:
@@ -344,8 +349,11 @@ def read_padchest(labels_csv: str | Path, image_dir: str | Path, *, corrupted_cs
     train_idx, val_idx = next(splitter.split(frame, groups=frame["PatientID"]))
     paths = [Path(image_dir) / i for i in frame["ImageID"]]
     labels = values.to_numpy(dtype=np.float32)
+    ids, patients = frame["ImageID"].tolist(), frame["PatientID"].tolist()
     return PadChestSplit(class_names, [paths[i] for i in train_idx], labels[train_idx],
-                         [paths[i] for i in val_idx], labels[val_idx], removed)
+                         [paths[i] for i in val_idx], labels[val_idx], removed,
+                         [ids[i] for i in train_idx], [ids[i] for i in val_idx],
+                         [patients[i] for i in train_idx], [patients[i] for i in val_idx])
 
 
 @dataclass
@@ -355,6 +363,10 @@ class MimicSplit:
     class_names: list[str]
     paths: list[Path]
     labels: np.ndarray
+    # dicom_id / study_id / subject_id per image (the split manifest's levels)
+    ids: list[str] = field(default_factory=list)
+    studies: list[str] = field(default_factory=list)
+    subjects: list[str] = field(default_factory=list)
 
     @property
     def class_counts(self) -> np.ndarray:
@@ -405,15 +417,19 @@ def read_mimic(labels_csv: str | Path, split_csv: str | Path, image_root: str | 
         raise ParseError(split_csv, None, f"column 'split': unknown value(s) {unknown} (expected train/validate/test)")
     spl = spl[spl["split"].isin(list(splits))]
     paths, rows, missing = [], [], 0
+    ids, studies, subjects = [], [], []
     for dicom, study, subject in zip(spl["dicom_id"], spl["study_id"], spl["subject_id"]):
         if int(study) not in by_study:
             missing += 1
             continue
         paths.append(mimic_image_path(image_root, subject, study, dicom))
         rows.append(by_study[int(study)])
+        ids.append(str(dicom))
+        studies.append(str(int(study)))
+        subjects.append(str(int(subject)))
     if missing:
         _logger.info("%s: %d image(s) of split(s) %s have no label row in %s; skipped",
                      split_csv, missing, list(splits), labels_csv)
     if not paths:
         raise DataError(f"{split_csv}: no labelled image in split(s) {list(splits)}")
-    return MimicSplit(list(class_names), paths, np.stack(rows).astype(np.float32))
+    return MimicSplit(list(class_names), paths, np.stack(rows).astype(np.float32), ids, studies, subjects)

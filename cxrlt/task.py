@@ -195,11 +195,12 @@ def _set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
 
 
 def two_phase_fit(task: CXRTask, loader_train, loader_val, *, settings: PhaseSettings, ctx: DistContext,
-                  run: RunDir, output_dir: str | Path, args: Any) -> dict:
+                  run: RunDir, output_dir: str | Path, args: Any, recorder: Any = None) -> dict:
     """Run the head warm-up then the full fine-tune; returns phase 2's ``metrics.json`` content.
 
     ``settings.resume``: "" (fresh), "auto" (continue whichever phase the folder's checkpoints reached)
-    or a phase-2 ``checkpoint_last.pth`` file / folder.
+    or a phase-2 ``checkpoint_last.pth`` file / folder. ``recorder`` (``common.predictions.EvalRecorder``)
+    saves phase 2's reported predictions.
     """
     out = Path(output_dir)
     model = task.model
@@ -254,7 +255,7 @@ def two_phase_fit(task: CXRTask, loader_train, loader_val, *, settings: PhaseSet
                     monitor="mAP", eval_ema=True, select_on_ema=True, ckpt_last=LAST_CKPT,
                     ckpt_best=settings.ckpt_best, resume=phase2_resume, csv_name="log.csv",
                     class_names=settings.class_names, skip_nonfinite=settings.skip_nonfinite, compile=settings.compile,
-                    channels_last=settings.channels_last, warnings=settings.warnings)
+                    channels_last=settings.channels_last, warnings=settings.warnings, recorder=recorder)
     _logger.info("phase 2: full fine-tune for %d epoch(s), backbone lr %g, head lr %g, EMA %g",
                  settings.finetune_epochs, settings.backbone_lr, settings.head_lr, settings.ema_decay)
     return fit(task, opt, loader_train, config=cfg, ctx=ctx, run=run, schedule=schedule,

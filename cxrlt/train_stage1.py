@@ -20,6 +20,7 @@ import torch
 from common.cli import run_main
 from common.dist import init_distributed
 from common.engine import build_loader
+from common.predictions import PredictionWriter, start_recording
 from common.run import RunDir
 from cxrlt.cli import (
     add_asl_args,
@@ -123,8 +124,15 @@ def main(args: argparse.Namespace) -> dict:
         class_names=MIMIC_CLASSES, skip_nonfinite=args.skip_nonfinite, compile=args.compile,
         channels_last=args.channels_last, warnings=warnings,
     )
+    recorder = start_recording(
+        args.output_dir, {"train": {"ids": train.ids, "study": train.studies, "patient": train.subjects},
+                          "val": {"ids": val.ids, "study": val.studies, "patient": val.subjects}},
+        writer=PredictionWriter(val.ids, class_names=MIMIC_CLASSES,
+                                groups={"study": val.studies, "patient": val.subjects}),
+        protocol=f"official {'+'.join(args.train_splits)} / {'+'.join(args.val_splits)}", dataset="mimic-cxr",
+        is_primary=ctx.is_primary)
     summary = two_phase_fit(task, loader_train, loader_val, settings=settings, ctx=ctx, run=run,
-                            output_dir=args.output_dir, args=args)
+                            output_dir=args.output_dir, args=args, recorder=recorder)
     if args.plots and ctx.is_primary:
         from common.plots import plot_run_at_end
 

@@ -17,6 +17,7 @@ from common.cli import run_main, str2bool
 from common.data.samplers import RepeatFactorSampler
 from common.dist import init_distributed
 from common.engine import build_loader
+from common.predictions import PredictionWriter, start_recording
 from common.run import RunDir
 from cxrlt.cli import (
     add_asl_args,
@@ -171,8 +172,13 @@ def main(args: argparse.Namespace) -> dict:
         skip_nonfinite=args.skip_nonfinite, compile=args.compile, channels_last=args.channels_last,
         warnings=warnings,
     )
+    recorder = start_recording(
+        args.output_dir, {"train": {"ids": split.train_ids, "patient": split.train_patients},
+                          "val": {"ids": split.val_ids, "patient": split.val_patients}},
+        writer=PredictionWriter(split.val_ids, class_names=split.class_names, groups={"patient": split.val_patients}),
+        protocol="GroupShuffleSplit by PatientID", dataset="padchest", is_primary=ctx.is_primary)
     summary = two_phase_fit(task, loader_train, loader_val, settings=settings, ctx=ctx, run=run,
-                            output_dir=args.output_dir, args=args)
+                            output_dir=args.output_dir, args=args, recorder=recorder)
     if args.plots and ctx.is_primary:
         from common.plots import plot_run_at_end
 

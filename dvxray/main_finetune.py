@@ -27,6 +27,7 @@ from common.dist import init_distributed
 from common.ema import ModelEma
 from common.engine import EpochCounter, FitConfig, build_loader, fit, updates_per_epoch
 from common.optim import build_optimizer
+from common.predictions import PredictionWriter, relative_id, start_recording
 from common.pretrained import random_init_warning
 from common.run import RunDir
 from common.schedule import ConstantSchedule, WarmupCosineSchedule
@@ -286,6 +287,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     else:
         schedule = ConstantSchedule(args.lr)
 
+    # split_manifest.json + the split check now; predictions.csv of the epoch reported as best (fit)
+    ids_train = [relative_id(r.paths[0], args.data_root) for r in dataset_train.records]
+    ids_val = [relative_id(r.paths[0], args.data_root) for r in dataset_val.records]
+    recorder = start_recording(out_dir, {"train": {"ids": ids_train}, "val": {"ids": ids_val}},
+                               writer=PredictionWriter(ids_val, class_names=class_names), protocol="official",
+                               dataset="dvxray", is_primary=ctx.is_primary)
     monitor_key = "val_mAP_ema" if args.teacher_mode else "val_mAP"
     config = FitConfig(
         epochs=args.epochs, output_dir=out_dir, amp=args.amp, monitor="mAP",
@@ -297,6 +304,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         # the PAN's N4/N5 outputs and the backbone's final norm are built (as in the original) but the
         # classifier reads N3 only, so DDP must tolerate parameters without gradients
         find_unused_parameters=True, compile=args.compile, channels_last=args.channels_last, warnings=warnings,
+        recorder=recorder,
     )
     epochs_trained = EpochCounter()
     callbacks = [TrainingLogCallback(args.epochs, monitor_key),

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.predictions import read_predictions, read_split_manifest
 from common.synth import mimic as synth_mimic
 from common.synth import padchest as synth_padchest
 from cxrlt import export_safetensors, inference, predict, train_stage1, train_stage2
@@ -44,6 +45,13 @@ def test_stage1_writes_metrics_and_checkpoints(stage1_run):
     assert len(metrics["final"]["per_class_ap"]) == 14
     assert (out / "warmup_checkpoint_last.pth").is_file() and (out / "checkpoint_last.pth").is_file()
     assert (out / "log_warmup.csv").is_file() and "global_epoch" in (out / "log.csv").read_text().splitlines()[0]
+    # issue 19: phase 2's reported predictions with study / patient ids, and the split manifest
+    preds = read_predictions(out / "predictions.csv")
+    assert set(preds.groups) == {"study", "patient"} and preds.probs.shape[1] == 14
+    manifest = read_split_manifest(out)
+    assert manifest["splits"]["val"]["num_samples"] == len(preds.ids)
+    assert {p["level"] for p in metrics["split_check"]["pairs"]} == {"image", "study", "patient"}
+    assert metrics["split_check"]["ok"] and metrics["predictions"]["predictions.csv"]["rows"] == len(preds.ids)
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +73,11 @@ def test_stage2_from_stage1_writes_metrics(stage2_run):
     assert len(metrics["final"]["per_class_ap"]) == 30 and "auc_ema" in metrics["final"]
     args = json.loads((out / "args.json").read_text())
     assert args["loss"] == "db" and args["sampler"] == "cas" and args["ema_decay"] == 0.9999
+    preds = read_predictions(out / "predictions.csv")
+    assert list(preds.groups) == ["patient"] and preds.class_names == list(CLASS_NAMES)
+    patient_pair = [p for p in metrics["split_check"]["pairs"] if p["level"] == "patient"]
+    assert patient_pair and patient_pair[0]["shared"] == 0  # GroupShuffleSplit by PatientID
+    assert (out / "split_manifest.json").is_file() and "split_manifest" in metrics
 
 
 def test_stage2_resume_auto_is_noop_when_finished(stage2_run):

@@ -40,6 +40,18 @@ def test_paper_setting_runs_and_writes_original_outputs(dvxray_data, tmp_path):
     assert metrics["monitor"] == "mAP_ema"  # teacher mode on by default: selection on the EMA
     assert len(metrics["best"]["per_class_ap_ema"]) == 15
     assert summary["epochs_run"] == 2
+    # issue 19: the best epoch's predictions and the split manifest, both named in metrics.json
+    from common.metrics import mean_average_precision
+    from common.predictions import read_predictions, read_split_manifest
+
+    preds = read_predictions(out / "predictions.csv")
+    assert metrics["predictions"]["predictions.csv"]["epoch"] == metrics["best_epoch"]
+    assert preds.probs.shape == (len(preds.ids), 15) and preds.class_names[0] == "Gun"
+    assert mean_average_precision(preds.probs, preds.targets)[0] == pytest.approx(metrics["best"]["mAP_ema"], abs=1e-5)
+    manifest = read_split_manifest(out)
+    assert manifest["splits"]["val"]["num_samples"] == len(preds.ids)
+    assert metrics["split_manifest"]["sha256"]["val"] == manifest["splits"]["val"]["sha256"]
+    assert metrics["split_check"]["ok"] is True
     ckpt = torch.load(out / "checkpoint_last.pth", weights_only=True)
     assert ckpt["task"]["_extra_state"]["signal"]["values"]["w_mcb"].shape == (15,)
     assert "_extra_state" not in ckpt["model"]  # the model's keys are exactly the original's
