@@ -271,3 +271,18 @@ def test_bad_usage_exits_2(synth_root, tmp_path, capsys):
     a = run_check("padchest", root, {"seed": "1"}, progress=False)["splits"]
     b = run_check("padchest", root, progress=False)["splits"]
     assert a != b and sum(s["samples"] for s in a.values()) == sum(s["samples"] for s in b.values())
+
+
+@pytest.mark.parametrize("paper, formats", [("dvxray", {"dvxray"}), ("charm_xray", {"chestxray14"}),
+                                            ("cxrlt", {"mimic", "padchest"}), ("xmnet", {"xmnet"}),
+                                            ("dcal", {"cub200", "veri776", "market1501"})])
+def test_each_paper_readme_says_how_to_run_on_the_real_data(paper, formats):
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / paper / "README.md").read_text()
+    assert "## Run on the real data" in text
+    section = text.split("## Run on the real data", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"common\.data\.check (\w+)", section))
+    named |= {f for f in formats if re.search(rf"`{f} /", section)}  # "likewise `veri776 /data/VeRi`"
+    assert named == formats and named <= set(declared_formats())
+    assert "```" in section  # the folder tree
