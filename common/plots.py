@@ -20,8 +20,6 @@ name on the run's path that is a registry paper. Errors are one line on stderr, 
 from __future__ import annotations
 
 import csv
-import importlib
-import importlib.metadata
 import json
 import math
 import sys
@@ -36,6 +34,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from common import entry_points  # noqa: E402
 from common.results import ResultsError, available_papers, convert_scale, load_paper  # noqa: E402
 
 LOG_NAMES = ("training_log.csv", "log.csv")
@@ -261,20 +260,8 @@ def register_overlays(paper: str, func: Callable[..., list[Path]]) -> None:
 
 
 def declared_overlays() -> dict[str, str]:
-    """paper -> "module:function" declared in :data:`OVERLAY_GROUP`.
-
-    Read from the installed package metadata; in a checkout whose editable install predates the
-    declaration (``shell/setup.sh`` re-installs when pyproject.toml changes), from the pyproject.toml
-    next to this package.
-    """
-    declared = {ep.name: ep.value for ep in importlib.metadata.entry_points(group=OVERLAY_GROUP)}
-    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
-    if not declared and pyproject.is_file():
-        import tomllib
-
-        project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
-        declared = dict(project.get("entry-points", {}).get(OVERLAY_GROUP, {}))
-    return declared
+    """paper -> "module:function" declared in :data:`OVERLAY_GROUP` (see :func:`common.entry_points.declared`)."""
+    return entry_points.declared(OVERLAY_GROUP)
 
 
 def overlay_function(paper: str) -> Callable[..., list[Path]] | None:
@@ -282,16 +269,7 @@ def overlay_function(paper: str) -> Callable[..., list[Path]] | None:
     if paper in _REGISTERED:
         return _REGISTERED[paper]
     spec = declared_overlays().get(paper)
-    if spec is None:
-        return None
-    module, func = spec.split(":")
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name == module:
-            return None
-        raise
-    return getattr(mod, func, None)
+    return None if spec is None else entry_points.load(spec)
 
 
 def _guess_paper(run: Path, metrics: dict[str, Any]) -> str | None:

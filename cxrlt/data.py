@@ -433,3 +433,69 @@ def read_mimic(labels_csv: str | Path, split_csv: str | Path, image_root: str | 
     if not paths:
         raise DataError(f"{split_csv}: no labelled image in split(s) {list(splits)}")
     return MimicSplit(list(class_names), paths, np.stack(rows).astype(np.float32), ids, studies, subjects)
+
+
+# ---------------------------------------------------------------------------------------------------
+# ``python -m common.data.check mimic|padchest ROOT``: the folders as the two stages read them
+
+
+def describe_mimic(root: str | Path, **opts: str):
+    """MIMIC-CXR-JPG as ``train_stage1.py`` reads it: the official ``train`` / ``validate`` / ``test`` splits.
+
+    Options (the stage-1 flags): ``labels_csv``, ``split_csv`` (defaults under ``root``) and
+    ``uncertain_policy`` (zeros). Levels: study (``study_id``) and patient (``subject_id``).
+    """
+    from common.data.description import DatasetDescription, SplitSamples, positives, take_options
+
+    o = take_options(opts, {"labels_csv": str, "split_csv": str, "uncertain_policy": str})
+    if o.get("uncertain_policy", "zeros") not in UNCERTAIN_POLICIES:
+        from common.data.description import OptionError
+
+        raise OptionError(f"uncertain_policy must be one of {', '.join(UNCERTAIN_POLICIES)}")
+    from cxrlt.model import MIMIC_CLASSES
+
+    root = Path(root)
+    labels_csv = Path(o.get("labels_csv") or root / "mimic-cxr-2.0.0-chexpert.csv")
+    split_csv = Path(o.get("split_csv") or root / "mimic-cxr-2.0.0-split.csv")
+    splits, notes = {}, []
+    for split in ("train", "validate", "test"):
+        try:
+            part = read_mimic(labels_csv, split_csv, root, splits=[split], class_names=MIMIC_CLASSES,
+                              uncertain_policy=o.get("uncertain_policy", "zeros"))
+        except DataError as exc:
+            if split != "test" or "no labelled image" not in str(exc):
+                raise
+            notes.append(f"{exc} (the test split is not read by train_stage1.py)")
+            continue
+        splits[split] = SplitSamples(ids=part.ids, files=[(str(p),) for p in part.paths],
+                                     labels=[positives(v) for v in part.labels],
+                                     levels={"study": part.studies, "patient": part.subjects})
+    return DatasetDescription("mimic", root, splits, MIMIC_CLASSES, notes=notes)
+
+
+def describe_padchest(root: str | Path, **opts: str):
+    """PadChest (CXR-LT 2026 Task 1) as ``train_stage2.py`` reads it: the rows left after the corrupted /
+    removal lists, split train / val by patient (GroupShuffleSplit, ``val_split`` 0.1, ``seed`` 42).
+
+    Options (the stage-2 flags): ``image_base_dir``, ``labels_csv``, ``corrupted_csv``, ``removal_csv``
+    (defaults under ``root``), ``val_split``, ``seed``.
+    """
+    from common.data.description import DatasetDescription, SplitSamples, positives, take_options
+
+    o = take_options(opts, {"image_base_dir": str, "labels_csv": str, "corrupted_csv": str, "removal_csv": str,
+                            "val_split": float, "seed": int})
+    root = Path(root)
+    split = read_padchest(o.get("labels_csv") or root / "CXRLT_2026_training.csv",
+                          o.get("image_base_dir") or root / "images",
+                          corrupted_csv=o.get("corrupted_csv") or root / "corrupted_images.csv",
+                          removal_csv=o.get("removal_csv") or root / "Removal.csv",
+                          val_split=o.get("val_split", 0.1), seed=o.get("seed", 42))
+    splits = {
+        "train": SplitSamples(ids=split.train_ids, files=[(str(p),) for p in split.train_paths],
+                              labels=[positives(v) for v in split.train_labels],
+                              levels={"patient": split.train_patients}),
+        "val": SplitSamples(ids=split.val_ids, files=[(str(p),) for p in split.val_paths],
+                            labels=[positives(v) for v in split.val_labels], levels={"patient": split.val_patients}),
+    }
+    notes = [f"{split.removed} row(s) dropped as listed in corrupted_images.csv / Removal.csv (not checked)"]
+    return DatasetDescription("padchest", root, splits, split.class_names, notes=notes)

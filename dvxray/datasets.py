@@ -152,3 +152,37 @@ def build_dataset(list_file: str | Path, *, num_classes: int, train: bool, input
             raise ValueError("build_dataset: a training dataset needs a TrainTransformPolicy")
         return DualViewPairDataset(records, None, choose_transform=policy)
     return DualViewPairDataset(records, build_eval_transform(input_size))
+
+
+def describe_data(root: str | Path, **opts: str):
+    """The DvXray folder as ``main_finetune.py`` / ``eval_only.py`` read it, for ``python -m common.data.check dvxray``.
+
+    ``root`` is the folder the original commands run in (``annotations/`` and ``data/``). Options, as
+    the trainer's flags: ``train_list``, ``val_list``, ``test_list`` (relative to ``root``; defaults
+    ``annotations/DvXray_{train,val,test}.txt``, the test list is optional), ``classes_file``,
+    ``num_classes`` (15) and ``data_root`` (what relative image paths are joined to; default ``root``).
+    A sample is its OL path as listed.
+    """
+    import os
+
+    from common.data.description import DatasetDescription, SplitSamples, positives, take_options
+
+    o = {"train_list": "annotations/DvXray_train.txt", "val_list": "annotations/DvXray_val.txt",
+         "test_list": "annotations/DvXray_test.txt", "classes_file": "annotations/classes.txt", "num_classes": 15,
+         **take_options(opts, {"train_list": str, "val_list": str, "test_list": str, "classes_file": str,
+                               "num_classes": int, "data_root": str})}
+    root = Path(root)
+    data_root = root / o.get("data_root", "")
+    class_names = read_classes(root / o["classes_file"], o["num_classes"])
+    splits, notes = {}, []
+    for split in ("train", "val", "test"):
+        path = root / o[f"{split}_list"]
+        if split == "test" and not path.is_file():
+            notes.append(f"{path}: not found; the test split is not checked (main_finetune.py reads train and val only)")
+            continue
+        records = read_dvxray_list(path, o["num_classes"], data_root)
+        splits[split] = SplitSamples(
+            ids=[os.path.normpath(os.path.relpath(r.paths[0], data_root)) for r in records],
+            files=[r.paths for r in records], labels=[positives(r.labels) for r in records],
+            sources=[f"{r.source}:{r.line}" for r in records])
+    return DatasetDescription("dvxray", root, splits, class_names, notes=notes)

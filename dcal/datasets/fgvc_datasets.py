@@ -136,3 +136,25 @@ def build_fgvc_transform(
     else:
         ops = [T.Resize(tuple(resize), antialias=True), T.CenterCrop(size)]
     return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
+
+
+def describe_cub200(root: str | Path, **opts: str):
+    """CUB-200-2011 as ``train_fgvc.py`` reads it (``read_cub200``), for ``python -m common.data.check cub200``.
+
+    ``root`` is ``data.data_root`` (the ``CUB_200_2011`` folder or its parent); a sample is its path in
+    ``images.txt``. No options.
+    """
+    import os
+
+    from common.data.description import DatasetDescription, SplitSamples, take_options
+
+    take_options(opts, {})
+    train, test, class_names = read_cub200(root)
+    base = find_dataset_dir(root, "CUB_200_2011", "images.txt") / "images"
+
+    def samples(records: list[Record]) -> SplitSamples:
+        return SplitSamples(ids=[os.path.relpath(r.path, base) for r in records], files=[(r.path,) for r in records],
+                            labels=[(r.label,) for r in records],
+                            sources=[f"{r.source[0]}:{r.source[1]}" if r.source else None for r in records])
+
+    return DatasetDescription("cub200", Path(root), {"train": samples(train), "test": samples(test)}, class_names)

@@ -205,3 +205,35 @@ def build_reid_transform(image_size: Sequence[int], *, train: bool, mean: Sequen
         T.Resize(size, antialias=True), T.RandomHorizontalFlip(0.5), T.Pad(10), T.RandomCrop(size),
         T.ToTensor(), T.Normalize(mean, std), T.RandomErasing(p=0.5, value=0),
     ])
+
+
+def _describe_reid(fmt: str, root: str | Path, opts: dict[str, str], *, query_in_gallery: bool):
+    from common.data.description import DatasetDescription, SplitSamples, take_options
+    from common.splits import reid_rules
+
+    take_options(opts, {})
+    train, query, gallery = read_reid(fmt, root)
+
+    def samples(records: list[Record]) -> SplitSamples:
+        return SplitSamples(ids=[r.name for r in records], files=[(r.path,) for r in records],
+                            levels={"identity": [str(r.pid) for r in records], "camera": [str(r.camid) for r in records]},
+                            sources=[f"{r.source[0]}:{r.source[1]}" if r.source else None for r in records])
+
+    rules = reid_rules("query", "gallery")
+    if query_in_gallery:
+        rules.append({"splits": ["query", "gallery"], "levels": ["image"],
+                      "reason": "VeRi-776 lists every query image in name_test.txt too; the same-camera rule drops it "
+                                "from its own ranking"})
+    notes = ["junk images (id -1) are left out, as the readers do; train identities must not reach query / gallery"]
+    return DatasetDescription(fmt, Path(root), {"train": samples(train), "query": samples(query),
+                                                "gallery": samples(gallery)}, allowed_overlaps=rules, notes=notes)
+
+
+def describe_veri776(root: str | Path, **opts: str):
+    """VeRi-776 as ``train_reid.py`` reads it (``read_veri776``), for ``python -m common.data.check veri776``."""
+    return _describe_reid("veri776", root, opts, query_in_gallery=True)
+
+
+def describe_market1501(root: str | Path, **opts: str):
+    """Market-1501 as ``train_reid.py`` reads it, for ``python -m common.data.check market1501``."""
+    return _describe_reid("market1501", root, opts, query_in_gallery=False)

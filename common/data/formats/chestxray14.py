@@ -106,11 +106,14 @@ def _split_of(root: Path) -> dict[str, str]:
     return split
 
 
-def read_chestxray14(root: str | Path) -> list[ChestXray14Record]:
+def read_chestxray14(root: str | Path, *, missing_images: str = "error") -> list[ChestXray14Record]:
     """Read NIH ChestX-ray14 under ``root`` (see the module docstring for the layout).
 
     Args:
         root: folder holding ``Data_Entry_2017.csv``, the two split lists and the image folders.
+        missing_images: "error" (the trainers) stops at the first CSV image absent from the image
+            folders; "keep" (``common.data.check``, which lists them all) keeps its record with the
+            path ``root/*/images/<name>``, a pattern no file matches.
 
     Returns:
         One record per CSV row, in file order.
@@ -121,6 +124,8 @@ def read_chestxray14(root: str | Path) -> list[ChestXray14Record]:
         ParseError: a bad CSV row (unknown finding, malformed image name, patient id that does not
             match the image name, duplicate image, non-integer id); the message gives file:line.
     """
+    if missing_images not in ("error", "keep"):
+        raise ValueError(f"missing_images must be 'error' or 'keep', got {missing_images!r}")
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"ChestX-ray14 root is not a directory: {root}")
@@ -161,11 +166,11 @@ def read_chestxray14(root: str | Path) -> list[ChestXray14Record]:
         )
         if name not in split:
             raise DataError(f"{csv_path}:{line}: image {name} is in neither {TRAIN_VAL_LIST} nor {TEST_LIST}")
-        if name not in images:
+        if name not in images and missing_images == "error":
             raise DataError(f"{csv_path}:{line}: image {name} not found under {root}/*/images/")
         records.append(
             ChestXray14Record(
-                path=str(images[name]),
+                path=str(images.get(name, root / "*" / "images" / name)),
                 labels=labels,
                 patient_id=int(patient),
                 follow_up=int(follow_up),
@@ -181,3 +186,25 @@ def read_chestxray14(root: str | Path) -> list[ChestXray14Record]:
     if extra:
         raise DataError(f"{root / TRAIN_VAL_LIST} / {TEST_LIST}: {len(extra)} listed image(s) not in {CSV_NAME}, e.g. {extra[0]}")
     return records
+
+
+def describe(root: str | Path, **opts: str):
+    """The folder as :func:`read_chestxray14` reads it, for ``python -m common.data.check chestxray14``.
+
+    Splits are the official lists (``train_val`` / ``test``) with the patient of every image; a CSV
+    image missing from the image folders is kept and reported by the check. No options.
+    """
+    from common.data.description import DatasetDescription, SplitSamples, positives, take_options
+
+    take_options(opts, {})
+    records = read_chestxray14(root, missing_images="keep")
+    splits = {}
+    for split in ("train_val", "test"):
+        rows = [r for r in records if r.split == split]
+        splits[split] = SplitSamples(
+            ids=[Path(r.path).name for r in rows], files=[(r.path,) for r in rows],
+            labels=[positives(r.labels) for r in rows], levels={"patient": [str(r.patient_id) for r in rows]},
+            sources=[f"{r.source}:{r.line}" for r in rows])
+    notes = ["splits: the official train_val_list.txt / test_list.txt; charm_xray's default --split charm_notebook "
+             "makes its own patient split of the CSV instead (and reports the patients it leaks)"]
+    return DatasetDescription("chestxray14", Path(root), splits, DISEASE_LABELS, notes=notes)

@@ -68,12 +68,14 @@ def load_labels_pkl(path: str | Path) -> dict[int | str, int]:
     return data
 
 
-def read_xmnet(root: str | Path, split: str) -> list[XMNetRecord]:
+def read_xmnet(root: str | Path, split: str, *, missing_masks: str = "error") -> list[XMNetRecord]:
     """List one split of a leaf-vein data set with labels and masks.
 
     Args:
         root: ``<data_dir>/<dataset>`` (holds ``labels.pkl``, ``train/``, ``test/``, ``l2_mask/``).
         split: "train" or "test".
+        missing_masks: "error" (the trainer) stops at the first image without a mask; "keep"
+            (``common.data.check``, which lists them all) keeps the record with the expected mask path.
 
     Returns:
         One record per file in ``root/split``, sorted by file name.
@@ -86,6 +88,8 @@ def read_xmnet(root: str | Path, split: str) -> list[XMNetRecord]:
     """
     if split not in SPLITS:
         raise ValueError(f"read_xmnet: split must be one of {SPLITS}, got {split!r}")
+    if missing_masks not in ("error", "keep"):
+        raise ValueError(f"missing_masks must be 'error' or 'keep', got {missing_masks!r}")
     root = Path(root)
     image_dir, mask_dir = root / split, root / MASK_DIR
     for folder in (image_dir, mask_dir):
@@ -110,7 +114,30 @@ def read_xmnet(root: str | Path, split: str) -> list[XMNetRecord]:
             mask = mask_dir / f"{key}.png"
         if key not in labels:
             raise DataError(f"{labels_path}: no label for {key!r} (image {file})")
-        if not mask.is_file():
+        if missing_masks == "error" and not mask.is_file():
             raise DataError(f"mask not found: {mask} (for image {file})")
         records.append(XMNetRecord(str(file), labels[key] - 1, str(mask)))
     return records
+
+
+def describe(root: str | Path, **opts: str):
+    """``<data_dir>/<dataset>`` as :func:`read_xmnet` reads it, for ``python -m common.data.check xmnet``.
+
+    Splits ``train`` / ``test``; a sample is its ``labels.pkl`` key (the integer id, or the file name
+    for ``btf``) and needs its image and its mask. No options.
+    """
+    from common.data.description import DatasetDescription, SplitSamples, take_options
+
+    take_options(opts, {})
+    root = Path(root)
+    labels = load_labels_pkl(root / LABELS_FILE)
+    by_name = isinstance(next(iter(labels)), str)
+    splits = {}
+    for split in SPLITS:
+        rows = read_xmnet(root, split, missing_masks="keep")
+        ids = [Path(r.path).name if by_name else Path(r.path).name.split(".")[0] for r in rows]
+        splits[split] = SplitSamples(ids=[str(int(i)) if not by_name else i for i in ids],
+                                     files=[(r.path, r.mask_path) for r in rows], labels=[(r.label,) for r in rows])
+    num_classes = max(labels.values())
+    return DatasetDescription("xmnet", root, splits, [f"class {k + 1}" for k in range(num_classes)],
+                              notes=[f"{root / LABELS_FILE}: {len(labels)} labelled keys, labels 1..{num_classes}"])
