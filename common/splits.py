@@ -204,7 +204,8 @@ def check_paths(paths: Sequence[str], allow: Sequence[str] = ()) -> tuple[dict[s
     return split_overlaps(splits, allowed=rules), f"split check of {', '.join(splits)}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
+    """The ``python -m common.splits`` parser (subcommand ``check``)."""
     parser = argparse.ArgumentParser("python -m common.splits", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check", help="report overlaps between splits; exit 1 on a forbidden one")
@@ -212,7 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--allow", action="append", default=[], metavar="A:B:LEVEL",
                    help="also allow this overlap (repeatable; default: the protocol's rules only)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (default: a table)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     try:
         report, title = check_paths(args.paths, args.allow)
     except SplitCheckError as exc:

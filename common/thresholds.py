@@ -285,7 +285,8 @@ def thresholds_metadata(run_dir: str | Path) -> dict[str, str]:
     return {METADATA_KEY: json.dumps({k: data[k] for k in ("method", "fitted_on", "thresholds")})}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
+    """The ``python -m common.thresholds`` parser."""
     parser = argparse.ArgumentParser("python -m common.thresholds", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run folder holding predictions_val.csv / predictions.csv")
     parser.add_argument("--method", default="f1", help="f1, youden or sensitivity=X (default: f1)")
@@ -293,7 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bins", default=None, metavar="LOW,HIGH",
                         help="head / medium / tail cut-offs in training positives per class (default: the run's "
                              "frequency_bins_default, e.g. cxrlt 100,1000; else none)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     try:
         bins = None
         if args.bins is not None:

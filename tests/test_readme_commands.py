@@ -451,11 +451,13 @@ def check_bash(cmd: Command, rest: list[str], cwd: str, world: World, *, dry: bo
 
 
 def _is_runlib_driver(script: Path) -> bool:
+    # a driver parses runlib's options (--dry-run among them); a script that sources runlib.sh only for
+    # runlib_help_from_header (shell/test.sh, convert_all_no_head.sh) is not one
     text = script.read_text(encoding="utf-8", errors="replace")
-    if "runlib" in text:
+    if "runlib_parse_args" in text:
         return True
     # a driver that sources a sibling driver (train_model_seg_unet3plus.sh sources train_model_seg.sh)
-    return any("runlib" in (script.parent / m).read_text(encoding="utf-8", errors="replace")
+    return any("runlib_parse_args" in (script.parent / m).read_text(encoding="utf-8", errors="replace")
                for m in re.findall(r'source\s+"?\$HERE/([\w.]+\.sh)"?', text) if (script.parent / m).is_file())
 
 
