@@ -738,6 +738,11 @@ def _load_resume(path: Path, state: FitState, scaler: torch.amp.GradScaler, call
     origin = describe_origin_mismatch(ckpt, args, trainer)
     if origin.startswith("written by"):  # another trainer: nothing below could fit
         raise CheckpointError(f"--resume: {path} does not fit this run: {origin}")
+    if origin:
+        # continuing with other flags would give a run that is neither setting (a result is reused only for
+        # the arguments that produced it); the flags that do not change the result are _RUN_ONLY_ARGS
+        raise CheckpointError(f"--resume: {path} was written with other arguments: {origin}; rerun with the "
+                              "checkpoint's values, or start a new run in another output folder without --resume")
     task = state.task
     full = {f"model.{k}": v for k, v in ckpt["model"].items()}
     full.update(ckpt.get("task") or {})
@@ -797,9 +802,16 @@ def entry_point() -> str | None:
 
 
 # flags that may differ between a run and its resumption without changing what the checkpoint holds
+# arguments that name where a run lives, how long it goes on, or how fast it computes the same maths:
+# a checkpoint written with other values of these resumes (any other difference is refused)
 _RUN_ONLY_ARGS = frozenset({
     "resume", "resume_epoch", "resume_optimizer", "resume_scheduler", "output_dir", "save_dir", "device", "gpu",
-    "num_workers", "epochs", "opts", "exp_name", "finetune", "log_interval", "save_interval",
+    "num_workers", "epochs", "max_epoch", "num_epochs", "n_trials", "opts", "exp_name", "log_interval",
+    "save_interval",
+    # weights a run starts from: a resumed run continues from its checkpoint instead
+    "finetune", "pretrained_checkpoint", "pretrained_path", "pretrained_weights", "model_path",
+    "compile", "channels_last", "no_progress", "plots", "overwrite", "pin_mem", "print_freq", "dist_url",
+    "world_size", "local_rank", "dist_on_itp", "log_dir", "keep_stage_checkpoints",
 })
 
 

@@ -32,19 +32,19 @@ class Killed(BaseException):
 
 def run_toy(out: Path, *, epochs: int = 4, resume: str | None = None, hidden: int = 16, trainer: str | None = None,
             skip_nonfinite: bool = False, task_cls: type = ToyTask, monitor: str = "acc",
-            monitor_mode: str = "max") -> tuple[ToyTask, dict[str, Any]]:
+            monitor_mode: str = "max", lr: float = 1e-2) -> tuple[ToyTask, dict[str, Any]]:
     """Train the toy model of ``tests/common/toy.py`` (with EMA and a best checkpoint) in ``out``."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Dropout(0.2), nn.Linear(hidden, 3))
     task = task_cls(model)
     loader = build_loader(toy_dataset(), 8, train=True, ctx=CPU, seed=1)
     val = build_loader(toy_dataset(24, seed=5), 8, train=False, ctx=CPU)
-    opt = build_optimizer("adamw", task.parameters(), lr=1e-2, weight_decay=0.05)
-    sched = WarmupCosineSchedule(1e-2, epochs * updates_per_epoch(loader), warmup_updates=3, min_lr=1e-4)
+    opt = build_optimizer("adamw", task.parameters(), lr=lr, weight_decay=0.05)
+    sched = WarmupCosineSchedule(lr, epochs * updates_per_epoch(loader), warmup_updates=3, min_lr=1e-4)
     ema = ModelEma(model, decay=0.9)
     config = FitConfig(epochs=epochs, output_dir=out, monitor=monitor, monitor_mode=monitor_mode, eval_ema=True,
                        resume=resume, progress=False, trainer=trainer, skip_nonfinite=skip_nonfinite)
-    args = {"hidden": hidden, "epochs": epochs, "output_dir": str(out)}
+    args = {"hidden": hidden, "epochs": epochs, "output_dir": str(out), "lr": lr}
     run = RunDir(out, args, CPU)
     summary = fit(task, opt, loader, config=config, ctx=CPU, run=run, schedule=sched, data_loader_val=val,
                   metric_fn=toy_metric, ema=ema, args=args)

@@ -92,7 +92,21 @@ def test_resume_with_another_architecture_is_one_line_naming_the_checkpoint_and_
     assert "\n" not in text
     assert str(out / "checkpoint_last.pth") in text
     assert "hidden 32 in the checkpoint, 16 on the command line" in text
-    assert "differ in shape" in text
+    assert "was written with other arguments" in text and "another output folder" in text
+
+
+def test_resume_with_another_learning_rate_is_refused_before_any_work(tmp_path):
+    # a killed run resumed with another value of a flag that changes the result would finish as neither
+    # setting: refused, naming the flag (epochs, output folders and speed-only flags may differ)
+    out = tmp_path / "run"
+    run_toy(out, epochs=1, lr=0.1)
+    before = (out / "log.csv").read_text()
+    with pytest.raises(CheckpointError) as err:
+        run_toy(out, epochs=2, lr=0.05, resume="auto")
+    assert "lr 0.1 in the checkpoint, 0.05 on the command line" in str(err.value)
+    assert (out / "log.csv").read_text() == before
+    run_toy(out, epochs=2, lr=0.1, resume="auto")  # the same flags and more epochs: resumes
+    assert csv_epochs(out / "log.csv") == [0, 1]
 
 
 def test_resume_of_another_trainers_checkpoint_names_the_trainer(tmp_path):
