@@ -128,6 +128,8 @@ class FitConfig:
     trainer: str | None = None
     compile: bool = False
     channels_last: bool | None = None
+    # how images become the model's input (common.preprocessing), stored in every checkpoint for predict.py
+    preprocessing: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.monitor_mode not in ("max", "min"):
@@ -697,6 +699,7 @@ def _checkpoint_state(state: FitState, scaler: torch.amp.GradScaler, callbacks: 
         "last_record": state.last_record,
         "extra": {_callback_key(i, cb): cb.state_dict() for i, cb in enumerate(callbacks) if hasattr(cb, "state_dict")},
         "trainer": trainer,
+        "preprocessing": dict(state.config.preprocessing) if state.config.preprocessing else None,
     }
 
 

@@ -32,8 +32,9 @@ from torch import nn
 from common.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, save_checkpoint
 from common.dist import DistContext, init_distributed
 from common.engine import FitConfig, Task, build_loader, collect_outputs, fit, updates_per_epoch
-from common.run import RunDir
+from common.run import RunDir, args_to_dict
 from common.schedule import EpochCosineSchedule
+from xmnet.adapter import preprocessing_from_args
 from xmnet.backboneModels import XMNetModel, load_pretrained
 from xmnet.leafvein2 import LeafVeinDataset, split_indices, subset_fraction
 from xmnet.unet3 import segmentation_loss
@@ -285,7 +286,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         monitor, mode = ("sel_train_ce", "min") if args.cls_included else ("sel_train_iou", "max")
     config = FitConfig(epochs=args.max_epoch, output_dir=out_dir, amp=args.amp, monitor=monitor, monitor_mode=mode,
                        resume=args.resume or None, csv_name="log.csv", dataset=args.dataset,
-                       compile=getattr(args, "compile", False), channels_last=getattr(args, "channels_last", None))
+                       compile=getattr(args, "compile", False), channels_last=getattr(args, "channels_last", None),
+                       preprocessing=preprocessing_from_args(args))
     summary = fit(task, optimizer, loader_train, config=config, ctx=ctx, run=run, schedule=schedule,
                   data_loader_val=loader_eval, metric_fn=make_metric_fn(task, ctx),
                   callbacks=[EpochHooks(task, [full_train, train_set])], args=args)
@@ -369,8 +371,10 @@ def finish_outputs(args: argparse.Namespace, run: RunDir, summary: dict, test: d
     stamp = timestamp_name(datetime.now())
     ckpt_name = f"{name}-Segmentation-{stamp}.pth" if args.seg_included and not args.cls_included else f"{name}_{stamp}.pth"
     ckpt_path = out_dir / "checkpoint" / ckpt_name
+    # "net" and the scores as the original; "args" / "preprocessing" for predict.py (other readers ignore them)
     save_checkpoint(ckpt_path, {"net": model.state_dict(), "test_iou": test.get("iou"), "Test_acc": test.get("acc1"),
-                                "epoch": summary.get("best_epoch")})
+                                "epoch": summary.get("best_epoch"), "args": args_to_dict(args),
+                                "preprocessing": preprocessing_from_args(args)})
     shutil.copyfile(ckpt_path, out_dir / "best_model.pth")
     best_eval = dict(summary.get("best") or {})
     best = {**test}

@@ -201,6 +201,13 @@ def resolve_device(cfg: ExperimentConfig, gpu: int) -> str:
     return f"cuda:{gpu}" if cfg.device == "cuda" else cfg.device
 
 
+def preprocessing_from_config(cfg: ExperimentConfig, mean, std, class_names) -> dict[str, Any]:
+    """What ``predict.py`` needs to know of the inputs, stored in the checkpoints (``dcal.adapter``)."""
+    from dcal.adapter import preprocessing_from_config as build
+
+    return build(cfg, mean, std, class_names)
+
+
 def train_from_config(cfg: ExperimentConfig, *, task_type: str, gpu: int = 0, resume: str | None = None,
                       extra_args: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train DCAL as described by ``cfg``; outputs go to ``cfg.save_dir``.
@@ -261,6 +268,7 @@ def train_from_config(cfg: ExperimentConfig, *, task_type: str, gpu: int = 0, re
         monitor="acc1" if cfg.task_type == "fgvc" else "mAP", monitor_mode="max", resume=resume,
         class_names=class_names, dataset=cfg.data.dataset_name, find_unused_parameters=False,
         compile=bool((extra_args or {}).get("compile", False)), channels_last=(extra_args or {}).get("channels_last"),
+        preprocessing=preprocessing_from_config(cfg, mean, std, class_names),
     )
     metric_fn = fgvc_metrics if cfg.task_type == "fgvc" else reid_metrics
     return fit(task, optimizer, loader_train, config=config, ctx=ctx, run=run, schedule=schedule,
