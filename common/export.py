@@ -23,6 +23,7 @@ in the file (ONNX ``metadata_props`` key ``preprocessing``; TorchScript extra fi
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -38,7 +39,7 @@ from common.checkpoint import CheckpointError
 from common.predict import LoadedModel, get_adapter, iterate_inputs, list_inputs, paper_of_checkpoint
 from common.preprocessing import Preprocessing, to_input
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "safetensors")
 TOLERANCE = 1e-4
 
 
@@ -56,6 +57,49 @@ class _TupleOut(nn.Module):
     def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.inner(*xs)
         return tuple(out) if isinstance(out, list | tuple) else (out,)
+
+
+class _OneInput(nn.Module):
+    """Fixed arity for torch.export (the dynamo ONNX exporter does not take ``*xs``)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.inner(x)
+
+
+class _TwoInputs(_OneInput):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.inner(a, b)
+
+
+def _export_onnx(wrapped: nn.Module, example: tuple[torch.Tensor, ...], path: Path, *, opset: int,
+                 input_names: Sequence[str], output_names: Sequence[str], log) -> str:
+    """Write the ONNX graph with a dynamic batch axis; returns the exporter used.
+
+    The TorchScript-based exporter is tried first (seconds); models it cannot express (adaptive pooling
+    to a computed size, torchvision's deformable convolution) go through the dynamo exporter
+    (``torch.export`` + onnxscript, tens of seconds), with one log line saying so.
+    """
+    try:
+        torch.onnx.export(wrapped, example, str(path), dynamo=False, opset_version=opset,
+                          input_names=list(input_names), output_names=list(output_names),
+                          dynamic_axes={n: {0: "batch"} for n in [*input_names, *output_names]})
+        return "torchscript-based"
+    except Exception as exc:  # noqa: BLE001 - any exporter failure: try the other exporter
+        first = " ".join(str(exc).split())[:160]
+        log(f"export: the TorchScript-based ONNX exporter cannot export this model ({type(exc).__name__}: "
+            f"{first}); using the dynamo exporter")
+    if len(example) > 2:
+        raise ExportError(f"the dynamo ONNX exporter path handles 1 or 2 inputs, this model has {len(example)}")
+    fixed = (_OneInput if len(example) == 1 else _TwoInputs)(wrapped).eval()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.onnx.export(fixed, example, str(path), dynamo=True, opset_version=opset, verbose=False,
+                      input_names=list(input_names), output_names=list(output_names),
+                      dynamic_shapes=tuple({0: batch} for _ in example))
+    return "dynamo"
 
 
 def synthetic_picture(prep: Preprocessing, seed: int = 0) -> torch.Tensor:
@@ -106,7 +150,7 @@ def _import_onnx() -> None:
 
 def export_model(loaded: LoadedModel, module: nn.Module, out: Path, fmt: str, *, input_names: Sequence[str],
                  output_names: Sequence[str], inputs: dict[str, list[torch.Tensor]], tolerance: float = TOLERANCE,
-                 opset: int = 18, log=print) -> dict[str, float]:
+                 opset: int = 19, log=print) -> dict[str, float]:
     """Write ``module`` to ``out`` as ``fmt`` and check it against PyTorch on ``inputs``.
 
     Args:
@@ -141,10 +185,8 @@ def export_model(loaded: LoadedModel, module: nn.Module, out: Path, fmt: str, *,
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer / deprecation chatter; parity below is the real check
             if fmt == "onnx":
-                torch.onnx.export(
-                    wrapped, example, str(tmp), dynamo=False, opset_version=opset, input_names=list(input_names),
-                    output_names=list(output_names),
-                    dynamic_axes={n: {0: "batch"} for n in [*input_names, *output_names]})
+                _export_onnx(wrapped, example, tmp, opset=opset, input_names=input_names,
+                             output_names=output_names, log=log)
                 import onnx
 
                 proto = onnx.load(str(tmp))
@@ -188,6 +230,48 @@ def export_model(loaded: LoadedModel, module: nn.Module, out: Path, fmt: str, *,
     return diffs
 
 
+def export_weights(adapter, loaded: LoadedModel, out: Path, *, inputs: dict[str, list[torch.Tensor]],
+                   tolerance: float = TOLERANCE, log=print) -> dict[str, float]:
+    """A weights-only safetensors file whose metadata records the paper, the training args, the
+    preprocessing, the stored thresholds and any model state outside the state dict (JSON strings),
+    so that ``predict.py`` and this module rebuild the model from it alone; checked by reloading it
+    through the paper's adapter and comparing outputs."""
+    from common.checkpoint import export_safetensors
+    from common.predict import preprocessing_metadata, read_thresholds
+
+    if out.suffix != ".safetensors":
+        raise ExportError(f"--out must end in .safetensors for --format safetensors, got {out}")
+    try:
+        thresholds = read_thresholds(loaded).tolist()
+    except ValueError:
+        thresholds = None
+    meta = preprocessing_metadata(loaded.preprocessing, thresholds=thresholds,
+                                  args=json.dumps(loaded.info.get("args") or {}))
+    if loaded.info.get("extra"):
+        meta["extra"] = json.dumps(loaded.info["extra"])
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".safetensors", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        export_safetensors(loaded.model.state_dict(), tmp, metadata=meta)
+        again = adapter.load(tmp, device=torch.device("cpu"))
+        diffs = {}
+        with torch.no_grad():
+            for what, xs in inputs.items():
+                ref = _TupleOut(adapter.export_module(loaded.model)).eval()(*xs)
+                got = _TupleOut(adapter.export_module(again.model)).eval()(*xs)
+                diffs[what] = max(float((g.float() - r.float()).abs().max()) for g, r in zip(got, ref))
+                log(f"parity safetensors vs the checkpoint on {what}: max abs diff {diffs[what]:.3g}")
+        if not max(diffs.values()) <= tolerance:
+            raise ExportError(f"export refused: the safetensors reload differs by {max(diffs.values()):.3g} (max abs), "
+                              f"above the tolerance {tolerance:g}; {out} not written")
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return diffs
+
+
 def export_checkpoint(checkpoint: str | Path, *, fmt: str, out: str | Path, paper: str | None = None,
                       images: str | None = None, tolerance: float = TOLERANCE, batch: int = 2, seed: int = 0,
                       log=print) -> dict[str, float]:
@@ -207,19 +291,26 @@ def export_checkpoint(checkpoint: str | Path, *, fmt: str, out: str | Path, pape
     input_names = list(views) if len(views) > 1 else ["image"]
     g = torch.Generator().manual_seed(seed)
     h, w = prep.input_size
-    random = [torch.randn(batch, 3, h, w, generator=g) for _ in views]
+    # the random batch has one more sample than the real one: the dynamic batch axis is checked too
+    random = [torch.randn(batch + 1, 3, h, w, generator=g) for _ in views]
     real, what = real_inputs(loaded, views, images, adapter.pair_view, n=batch)
     log(f"export: {checkpoint} ({paper}, {type(model).__name__}, input {h}x{w}, {len(views)} input(s)) -> {out}")
+    if fmt == "safetensors":
+        return export_weights(adapter, loaded, Path(out), inputs={f"random inputs (batch {batch + 1})": random,
+                                                                  f"{what} (batch {batch})": real},
+                              tolerance=tolerance, log=log)
     return export_model(loaded, module, Path(out), fmt, input_names=input_names,
                         output_names=adapter.export_output_names(model),
-                        inputs={f"random inputs (batch {batch})": random, what: real}, tolerance=tolerance, log=log)
+                        inputs={f"random inputs (batch {batch + 1})": random, f"{what} (batch {batch})": real}, tolerance=tolerance, log=log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser("python -m common.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a run's checkpoint or a weights-only safetensors")
-    parser.add_argument("--format", choices=FORMATS, required=True, help="onnx or torchscript; required")
-    parser.add_argument("--out", required=True, help="destination file (.onnx / .pt); required")
+    parser.add_argument("--format", choices=FORMATS, required=True,
+                        help="onnx, torchscript, or safetensors (weights-only, with the preprocessing and args as "
+                             "metadata); required")
+    parser.add_argument("--out", required=True, help="destination file (.onnx / .pt / .safetensors); required")
     parser.add_argument("--paper", default=None, help="the paper's folder name (default: read from the checkpoint)")
     parser.add_argument("--images", default=None,
                         help="real inputs for the parity check: a folder, list or CSV as predict.py takes "

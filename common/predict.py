@@ -228,7 +228,8 @@ def safetensors_metadata(path: str | Path) -> dict[str, str]:
 
 def read_checkpoint_any(path: str | Path) -> dict[str, Any]:
     """A ``.pth`` checkpoint as a dict, or a weights-only ``.safetensors`` export as
-    ``{"model": state_dict, "args", "preprocessing", "thresholds", "paper"}`` (from its JSON metadata).
+    ``{"model": state_dict, "args", "preprocessing", "thresholds", "extra", "paper"}`` (from its JSON metadata;
+    ``extra``: model state outside the state dict, e.g. dvxray's CoordAtt-U signal).
 
     Raises:
         CheckpointError: missing, unreadable or unsafe file.
@@ -243,7 +244,7 @@ def read_checkpoint_any(path: str | Path) -> dict[str, Any]:
     state = load_weights_file(path)
     meta = safetensors_metadata(path)
     ckpt: dict[str, Any] = {"model": state, "metadata": meta}
-    for key in ("args", "preprocessing", "thresholds"):
+    for key in ("args", "preprocessing", "thresholds", "extra"):
         if meta.get(key):
             try:
                 ckpt[key] = json.loads(meta[key])

@@ -80,12 +80,18 @@ class DvXrayAdapter(PredictAdapter):
             weights, what = ckpt["model"], "model"
         load_eval_weights(model, weights, f"{path} ({what} weights)")
         signal_state = ((ckpt.get("task") or {}).get("_extra_state") or {}).get("signal")
+        if signal_state is None and isinstance((ckpt.get("extra") or {}).get("signal"), Mapping):
+            stored = ckpt["extra"]["signal"]  # a safetensors export: the values as JSON lists
+            signal_state = {"momentum": stored["momentum"],
+                            "values": {k: torch.tensor(v) for k, v in stored["values"].items()}}
         if signal_state is not None:
             signal.load_state_dict(signal_state)
         model.return_intermediate = False
         return LoadedModel(model.to(device).eval(), prep, path, path.parent,
                            {"thresholds": ckpt["thresholds"]} if "thresholds" in ckpt else {},
-                           {"args": dict(recorded)})
+                           {"args": dict(recorded), "extra": {"signal": {
+                               "momentum": signal.momentum,
+                               "values": {k: v.tolist() for k, v in signal.state_dict()["values"].items()}}}})
 
     def pair_view(self, path: Path) -> tuple[str, int] | None:
         m = _VIEW.match(path.stem)
