@@ -44,7 +44,8 @@ def grad_cam(forward: Callable[[], torch.Tensor], layer: nn.Module, class_index:
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         k = len(acts)
         acts.append(output)
-        output.register_hook(lambda g: grads.__setitem__(k, g))
+        if output.requires_grad:
+            output.register_hook(lambda g: grads.__setitem__(k, g))
         # later in-place ops (a ReLU(inplace=True) after the stage) act on the copy, not on the saved A
         return output.clone()
 
