@@ -65,15 +65,15 @@ def check_predict_cli(module, checkpoint: Path, folder: Path, out: Path, *, new_
 
 
 def check_refused_without_preprocessing(module, checkpoint: Path, folder: Path, out: Path, capsys,
-                                        missing: tuple[str, ...]) -> None:
+                                        missing: tuple[str, ...], extra: list[str] = ()) -> None:
     with pytest.raises(SystemExit) as exit_info:
         run_main(module.main, parse(module, ["--checkpoint", checkpoint, "--images", folder, "--output", out,
-                                             "--device", "cpu"]))
+                                             "--device", "cpu", *extra]))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and str(checkpoint) in err
     for name in missing:
-        assert name in err
+        assert name in err, err
     assert not out.exists()
 
 
