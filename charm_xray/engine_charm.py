@@ -239,10 +239,11 @@ def fit_one_cycle(stage_dir: Path, task: Task, optimizer: torch.optim.Optimizer,
     return summary
 
 
-def preprocessing_from_args(args: Any) -> dict[str, Any]:
+def preprocessing_from_args(args: Any) -> dict[str, Any] | None:
+    """What ``predict.py`` needs to know of the inputs, stored in the checkpoints (``charm_xray.adapter``)."""
     from charm_xray.adapter import preprocessing_from_args as build
 
-    return build(args)
+    return None if args is None else build(args)
 
 
 def save_model_file(path: Path, task: Task, optimizer: torch.optim.Optimizer, args: Any, **extra: Any) -> None:
