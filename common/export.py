@@ -198,7 +198,9 @@ def export_model(loaded: LoadedModel, module: nn.Module, out: Path, fmt: str, *,
                 torch.jit.save(traced, str(tmp), _extra_files={"preprocessing.json": prep_json})
         diffs: dict[str, float] = {}
         with torch.no_grad():
-            loaded_ts = torch.jit.load(str(tmp)) if fmt == "torchscript" else None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+                loaded_ts = torch.jit.load(str(tmp)) if fmt == "torchscript" else None
             for what, xs in inputs.items():
                 ref = [t.float().numpy() for t in wrapped(*xs)]
                 if fmt == "onnx":

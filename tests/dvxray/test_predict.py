@@ -119,3 +119,19 @@ def test_export_two_inputs_onnx_and_torchscript(dv_run, dvxray_data, tmp_path):
 
     graph = onnx.load(str(tmp_path / "model.onnx")).graph
     assert [i.name for i in graph.input] == ["image_OL", "image_SD"]
+
+
+def test_demo_command_from_the_data_folder(dv_run, dvxray_data, tmp_path, monkeypatch):
+    """shell/demo.sh's form: the split list as it is, relative ./data paths, run from the data folder."""
+    monkeypatch.chdir(dvxray_data)
+    out = tmp_path / "run" / "predict" / "predictions.csv"
+    table = predict.main(argparse.ArgumentParser(parents=[predict.get_args_parser()]).parse_args(
+        ["--checkpoint", str(dv_run), "--images", "annotations/DvXray_test.txt", "--output", str(out),
+         "--device", "cpu", "--explain", "1", "--overwrite"]))
+    n = len((dvxray_data / "annotations" / "DvXray_test.txt").read_text().splitlines())
+    assert len(table) == n and (table["skipped"] == "").all()
+    from common.demo_table import summary
+
+    status = tmp_path / "status.tsv"
+    status.write_text(f"dvxray\tpassed\t1\tbash dvxray/demo.sh\t{tmp_path / 'run'}\n")
+    assert str(out.parent / "predictions_explain") in summary(status)

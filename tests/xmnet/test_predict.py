@@ -13,10 +13,6 @@ from PIL import Image
 from common.checkpoint import save_checkpoint
 from common.preprocessing import decode_image, to_input
 from common.synth import xmnet as synth_xmnet
-from xmnet import predict
-from xmnet.adapter import ADAPTER, preprocessing_from_args
-from xmnet.backboneModels import XMNetModel
-from xmnet.leafvein2 import LeafVeinDataset
 from tests.predict_helpers import (
     check_explain,
     check_export_parity,
@@ -25,6 +21,10 @@ from tests.predict_helpers import (
     corrupt_copy,
     parse,
 )
+from xmnet import predict
+from xmnet.adapter import ADAPTER, preprocessing_from_args
+from xmnet.backboneModels import XMNetModel
+from xmnet.leafvein2 import LeafVeinDataset
 
 FLAGS = {"backbone_class": "resnet18", "num_classes": 3, "xmnet": True, "mmanet": False, "seg_included": True,
          "cls_included": True, "unet": True, "att_from": 4, "fsds": False, "crop_size": 64}
