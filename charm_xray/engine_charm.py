@@ -203,7 +203,8 @@ def fit_one_cycle(stage_dir: Path, task: Task, optimizer: torch.optim.Optimizer,
                            monitor="loss", monitor_mode="min",
                            min_delta=settings.min_delta, patience=settings.patience, resume="auto",
                            class_names=list(settings.class_names), dataset="chestxray14",
-                           progress=settings.progress, compile=settings.compile, channels_last=settings.channels_last)
+                           progress=settings.progress, compile=settings.compile, channels_last=settings.channels_last,
+                           preprocessing=preprocessing_from_args(args))
         lrs = sorted({round(g["lr_max"], 12) for g in optimizer.param_groups})
         _logger.info("stage %s: fit_one_cycle(%d, lr_max %s, pct_start %.2f, div %g)", stage_dir.name, epochs, lrs,
                      pct_start, div)
@@ -219,9 +220,16 @@ def fit_one_cycle(stage_dir: Path, task: Task, optimizer: torch.optim.Optimizer,
     return summary
 
 
+def preprocessing_from_args(args: Any) -> dict[str, Any] | None:
+    """What ``predict.py`` needs to know of the inputs, stored in the checkpoints (``charm_xray.adapter``)."""
+    from charm_xray.adapter import preprocessing_from_args as build
+
+    return None if args is None else build(args)
+
+
 def save_model_file(path: Path, task: Task, optimizer: torch.optim.Optimizer, args: Any, **extra: Any) -> None:
     """fastai ``learn.save`` (weights + optimizer): ``{"model", "opt", ...}`` via the atomic writer."""
     from common.run import args_to_dict
 
     save_checkpoint(path, {"model": task.model.state_dict(), "opt": optimizer.state_dict(),
-                           "args": args_to_dict(args), **extra})
+                           "args": args_to_dict(args), "preprocessing": preprocessing_from_args(args), **extra})

@@ -72,7 +72,9 @@ def summary(status_file: Path) -> str:
         paper, status, seconds, command, run = (line.split("\t") + [""] * 5)[:5]
         run_dir = Path(run) if run else None
         metrics, published = _headline(paper, run_dir) if run_dir is not None and status != "skipped" else ("-", "-")
-        pictures = sorted(str(p) for p in run_dir.glob("*.png")) if run_dir is not None and run_dir.is_dir() else []
+        # the run's own pictures, then predict.py --explain's (shell/demo.sh writes them under predict/)
+        pictures = [str(p) for pattern in ("*.png", "predict/*_explain/*.png") for p in sorted(run_dir.glob(pattern))] \
+            if run_dir is not None and run_dir.is_dir() else []
         rows.append({"paper": paper, "status": status, "time": f"{float(seconds or 0) / 60:.1f} min",
                      "command": command, "metrics": metrics, "published": published,
                      "outputs": str(run_dir) if run_dir else "-", "pictures": pictures})

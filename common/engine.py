@@ -134,6 +134,8 @@ class FitConfig:
     # common.predictions.EvalRecorder: saves the predictions of the epoch reported as best (and, in
     # metrics.json, names them with the split manifest and split check); None saves nothing
     recorder: Any = None
+    # how images become the model's input (common.preprocessing), stored in every checkpoint for predict.py
+    preprocessing: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.monitor_mode not in ("max", "min"):
@@ -726,6 +728,7 @@ def _checkpoint_state(state: FitState, scaler: torch.amp.GradScaler, callbacks: 
         "last_record": state.last_record,
         "extra": {_callback_key(i, cb): cb.state_dict() for i, cb in enumerate(callbacks) if hasattr(cb, "state_dict")},
         "trainer": trainer,
+        "preprocessing": dict(state.config.preprocessing) if state.config.preprocessing else None,
     }
 
 

@@ -241,10 +241,7 @@ def save_overlay_grid(rows: Sequence[Sequence[tuple[Any, Any, str]]], out: str |
     if im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.02, label=f"{map_label}, min-max scaled per panel")
     fig.suptitle("\n".join(heading), fontsize=9, y=1 - 0.1 / height, va="top")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return Path(out)
+    return save_figure(fig, out, dpi=90)
 
 
 def to_display(x: Any) -> Any:

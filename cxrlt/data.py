@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from common.data.errors import DataError, ParseError
 from common.data.lists import check_consistent_duplicates, csv_line, read_csv
+from common.preprocessing import percentile_rescale  # noqa: F401 - the original's 16-bit rescale, shared with predict.py
 
 _logger = logging.getLogger(__name__)
 
@@ -38,28 +39,6 @@ UNCERTAIN_POLICIES = ("zeros", "ones", "ignore")
 
 # ---------------------------------------------------------------------------------------------------
 # decoding
-
-
-def percentile_rescale(arr: np.ndarray) -> np.ndarray:
-    """The original's rescale of non-8-bit images to uint8.
-
-    Every s-th pixel (s = max(1, n // 2000)) is sampled; p_low / p_high are its 0.5 / 99.5 percentiles;
-    if p_high > p_low the image is clipped to [p_low, p_high] and mapped linearly to 0..255, else it is
-    divided by its maximum (when positive). 8-bit input is returned unchanged.
-    """
-    if arr.dtype == np.uint8:
-        return arr
-    a = arr.astype(np.float32)
-    flat = a.reshape(-1)
-    step = max(1, flat.size // 2000)
-    lo, hi = np.percentile(flat[::step], [0.5, 99.5])
-    if hi > lo:
-        a = (np.clip(a, lo, hi) - lo) / (hi - lo) * 255.0
-    else:
-        peak = float(a.max())
-        if peak > 0:
-            a = a / peak * 255.0
-    return np.clip(a, 0, 255).astype(np.uint8)
 
 
 def _pil_to_array(img: Image.Image) -> np.ndarray:

@@ -7,6 +7,7 @@ The EMA weights are exported by default, as the original's ``model_state_dict`` 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -28,18 +29,32 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _metadata(ckpt: dict) -> dict[str, str] | None:
+    """The training args and preprocessing of our checkpoints, as JSON strings (``predict.py --checkpoint``
+    reads them back); None for the original's, which record neither (the exported file stays as theirs)."""
+    recorded, prep = ckpt.get("args"), ckpt.get("preprocessing")
+    if not isinstance(recorded, dict):
+        return None
+    meta = {"paper": "cxrlt", "args": json.dumps(recorded)}
+    if isinstance(prep, dict):
+        meta["preprocessing"] = json.dumps(prep)
+    return meta
+
+
 def main(args: argparse.Namespace) -> Path:
     setup_logging()
     path = Path(args.checkpoint)
-    state = extract_state_dict(load_checkpoint(path), path, use_ema=args.use_ema)
+    ckpt = load_checkpoint(path)
+    state = extract_state_dict(ckpt, path, use_ema=args.use_ema)
     out = Path(args.output)
     if out.suffix != ".safetensors":
         raise ValueError(f"--output must end in .safetensors, got {out}")
-    # the run's fitted thresholds (python -m common.thresholds) travel with the weights, for predict.py
-    metadata = thresholds_metadata(path.parent) or None
-    export_safetensors(state, out, metadata=metadata)
+    # the training args and preprocessing (for predict.py) and the run's fitted thresholds (python -m
+    # common.thresholds) travel with the weights
+    thresholds = thresholds_metadata(path.parent)
+    export_safetensors(state, out, metadata={**(_metadata(ckpt) or {}), **thresholds} or None)
     _logger.info("wrote %s (%d tensors, %d elements%s)", out, len(state), sum(v.numel() for v in state.values()),
-                 ", with the run's thresholds.json in its metadata" if metadata else "")
+                 ", with the run's thresholds.json in its metadata" if thresholds else "")
     return out
 
 

@@ -194,6 +194,13 @@ def _set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
             p.requires_grad_(trainable)
 
 
+def preprocessing_from_args(args: Any, class_names: Any) -> dict | None:
+    """What ``predict.py`` needs to know of the inputs, stored in the checkpoints (``cxrlt.adapter``)."""
+    from cxrlt.adapter import preprocessing_from_args as build
+
+    return None if args is None else build(args, class_names)
+
+
 def two_phase_fit(task: CXRTask, loader_train, loader_val, *, settings: PhaseSettings, ctx: DistContext,
                   run: RunDir, output_dir: str | Path, args: Any, recorder: Any = None) -> dict:
     """Run the head warm-up then the full fine-tune; returns phase 2's ``metrics.json`` content.
@@ -225,7 +232,8 @@ def two_phase_fit(task: CXRTask, loader_train, loader_val, *, settings: PhaseSet
                         resume="auto" if resume == "auto" else None, csv_name="log_warmup.csv",
                         class_names=settings.class_names, find_unused_parameters=True,
                         skip_nonfinite=settings.skip_nonfinite, compile=settings.compile,
-                    channels_last=settings.channels_last, warnings=settings.warnings)
+                    channels_last=settings.channels_last, warnings=settings.warnings,
+                    preprocessing=preprocessing_from_args(args, settings.class_names))
         _logger.info("phase 1: head warm-up for %d epoch(s), lr %g, backbone frozen", settings.warmup_epochs,
                      settings.warmup_lr)
         summary = fit(task, opt, loader_train, config=cfg, ctx=ctx, run=run,
@@ -255,7 +263,8 @@ def two_phase_fit(task: CXRTask, loader_train, loader_val, *, settings: PhaseSet
                     monitor="mAP", eval_ema=True, select_on_ema=True, ckpt_last=LAST_CKPT,
                     ckpt_best=settings.ckpt_best, resume=phase2_resume, csv_name="log.csv",
                     class_names=settings.class_names, skip_nonfinite=settings.skip_nonfinite, compile=settings.compile,
-                    channels_last=settings.channels_last, warnings=settings.warnings, recorder=recorder)
+                    channels_last=settings.channels_last, warnings=settings.warnings, recorder=recorder,
+                    preprocessing=preprocessing_from_args(args, settings.class_names))
     _logger.info("phase 2: full fine-tune for %d epoch(s), backbone lr %g, head lr %g, EMA %g",
                  settings.finetune_epochs, settings.backbone_lr, settings.head_lr, settings.ema_decay)
     return fit(task, opt, loader_train, config=cfg, ctx=ctx, run=run, schedule=schedule,

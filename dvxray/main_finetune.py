@@ -35,6 +35,7 @@ from common.pretrained import random_init_warning
 from common.run import RunDir
 from common.schedule import ConstantSchedule, WarmupCosineSchedule
 from common.seed import seed_everything
+from dvxray.adapter import preprocessing_from_args
 from dvxray.datasets import AUG_MODES, TrainTransformPolicy, build_dataset, read_classes
 from dvxray.engine_finetune import (
     CSV_COLUMNS,
@@ -301,7 +302,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         # the PAN's N4/N5 outputs and the backbone's final norm are built (as in the original) but the
         # classifier reads N3 only, so DDP must tolerate parameters without gradients
         find_unused_parameters=True, compile=args.compile, channels_last=args.channels_last, warnings=warnings,
-        recorder=recorder,
+        recorder=recorder, preprocessing=preprocessing_from_args(args, class_names),
     )
     epochs_trained = EpochCounter()
     callbacks = [TrainingLogCallback(args.epochs, monitor_key),

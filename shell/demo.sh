@@ -2,7 +2,8 @@
 # The main job on embedded demo data: set up, generate small data sets in every native format under
 # demo_data/, run each paper's README commands on them with tiny CPU settings (each paper's demo.sh),
 # draw each main run's pictures (python -m common.plots), diff it against the published numbers
-# (python -m common.compare) and end with one summary table: paper, status, wall time, command,
+# (python -m common.compare), run predict.py --explain 4 on it (its <run>/predict/ folder) and end with one
+# summary table: paper, status, wall time, command,
 # final metrics, published number with delta, outputs and pictures, and what the demo scales down.
 #   bash shell/demo.sh                         # every paper that is built
 #   bash shell/demo.sh dvxray dcal             # only these (positional names)
@@ -18,7 +19,7 @@ while [[ $# -gt 0 ]]; do
         --only) [[ $# -ge 2 ]] || { echo "shell/demo.sh: --only needs a paper name (one of: ${ALL[*]})" >&2; exit 2; }
                 IFS=, read -ra _names <<< "$2"; papers+=("${_names[@]}"); shift 2 ;;
         --only=*) IFS=, read -ra _names <<< "${1#--only=}"; papers+=("${_names[@]}"); shift ;;
-        -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "shell/demo.sh: unknown option $1 (use --only PAPER or positional paper names)" >&2; exit 2 ;;
         *) papers+=("$1"); shift ;;
     esac
@@ -56,6 +57,23 @@ command_of() {
         dcal) echo "bash dcal/demo.sh (train/eval_fgvc.py, train/eval_reid.py, train_reid.py Market)" ;;
     esac
 }
+# predict.py on the main run's checkpoint (issue 18): predictions CSV and 4 explanation PNGs under <run>/predict/
+run_predict() {
+    local run="$1" paper="$2" cmd
+    local common=(--output "$run/predict/predictions.csv" --device cpu --explain 4 --overwrite)
+    case "$paper" in
+        dvxray) cmd=(python "$ROOT/dvxray/predict.py" --checkpoint "$run/checkpoint_best.pth"
+                     --images annotations/DvXray_test.txt) ;;
+        charm_xray) cmd=(python "$ROOT/charm_xray/predict.py"
+                         --checkpoint "$DEMO_OUT/charm_xray/working/models/final_experiment.pth" --images data/images_001) ;;
+        cxrlt) cmd=(python cxrlt/predict.py --checkpoint "$run/checkpoint_last.pth" --images "$DEMO_DATA/padchest/images") ;;
+        xmnet) cmd=(python xmnet/predict.py --checkpoint "$run/best_model.pth" --images "$DEMO_DATA/xmnet/soybean_2_1/test") ;;
+        dcal) cmd=(python dcal/scripts/predict.py --checkpoint "$run/checkpoint_best.pth"
+                   --query "$DEMO_DATA/market1501/query" --gallery "$DEMO_DATA/market1501/bounding_box_test") ;;
+    esac
+    echo "[demo] $paper: your own images: ${cmd[*]} ${common[*]}"
+    (cd "$(plot_cwd "$paper")" && "${cmd[@]}" "${common[@]}")
+}
 plot_cwd() {  # charm_xray and dvxray record data paths relative to where training ran
     case "$1" in charm_xray|dvxray) echo "$DEMO_DATA/$1" ;; *) echo "$ROOT" ;; esac
 }
@@ -77,6 +95,7 @@ for paper in "${papers[@]}"; do
         echo "[demo] $paper: pictures: python -m common.plots $run"
         (cd "$(plot_cwd "$paper")" && python -m common.plots "$run" --paper "$paper") \
             || { echo "[demo] $paper: plots FAILED" >&2; failed+=("plots $paper"); }
+        run_predict "$run" "$paper" || { echo "[demo] $paper: predict FAILED" >&2; failed+=("predict $paper"); }
         echo "[demo] $paper: diff with the papers: python -m common.compare $run --paper $paper"
         python -m common.compare "$run" --paper "$paper" || { echo "[demo] $paper: compare FAILED" >&2; failed+=("compare $paper"); }
     elif [[ $status == passed ]]; then

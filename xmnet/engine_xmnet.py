@@ -41,9 +41,10 @@ from common.predictions import (
     start_recording,
 )
 from common.pretrained import random_init_warning
-from common.run import RunDir
+from common.run import RunDir, args_to_dict
 from common.schedule import EpochCosineSchedule
 from common.seed import seed_everything
+from xmnet.adapter import preprocessing_from_args
 from xmnet.backboneModels import XMNetModel, load_pretrained, upgrade_legacy_keys
 from xmnet.leafvein2 import LeafVeinDataset, split_indices, subset_fraction
 from xmnet.unet3 import segmentation_loss
@@ -356,7 +357,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     config = FitConfig(epochs=args.max_epoch, output_dir=out_dir, amp=args.amp, monitor=monitor, monitor_mode=mode,
                        resume=args.resume or None, csv_name="log.csv", dataset=args.dataset,
                        compile=getattr(args, "compile", False), channels_last=getattr(args, "channels_last", None),
-                       warnings=warnings, recorder=recorder if val_set is not None else None)
+                       warnings=warnings, recorder=recorder if val_set is not None else None,
+                       preprocessing=preprocessing_from_args(args))
     summary = fit(task, optimizer, loader_train, config=config, ctx=ctx, run=run, schedule=schedule,
                   data_loader_val=loader_eval, metric_fn=make_metric_fn(task, ctx),
                   callbacks=[EpochHooks(task, [full_train, train_set])], args=args)
@@ -453,8 +455,10 @@ def finish_outputs(args: argparse.Namespace, run: RunDir, summary: dict, test: d
     stamp = timestamp_name(datetime.now())
     ckpt_name = f"{name}-Segmentation-{stamp}.pth" if args.seg_included and not args.cls_included else f"{name}_{stamp}.pth"
     ckpt_path = out_dir / "checkpoint" / ckpt_name
+    # "net" and the scores as the original; "args" / "preprocessing" for predict.py (other readers ignore them)
     save_checkpoint(ckpt_path, {"net": model.state_dict(), "test_iou": test.get("iou"), "Test_acc": test.get("acc1"),
-                                "epoch": summary.get("best_epoch")})
+                                "epoch": summary.get("best_epoch"), "args": args_to_dict(args),
+                                "preprocessing": preprocessing_from_args(args)})
     shutil.copyfile(ckpt_path, out_dir / "best_model.pth")
     best_eval = dict(summary.get("best") or {})
     best = {**test}

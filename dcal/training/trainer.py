@@ -240,6 +240,13 @@ def resolve_device(cfg: ExperimentConfig, gpu: int) -> str:
     return f"cuda:{gpu}" if cfg.device == "cuda" else cfg.device
 
 
+def preprocessing_from_config(cfg: ExperimentConfig, mean, std, class_names) -> dict[str, Any]:
+    """What ``predict.py`` needs to know of the inputs, stored in the checkpoints (``dcal.adapter``)."""
+    from dcal.adapter import preprocessing_from_config as build
+
+    return build(cfg, mean, std, class_names)
+
+
 def train_from_config(cfg: ExperimentConfig, *, task_type: str, gpu: int = 0, resume: str | None = None,
                       extra_args: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train DCAL as described by ``cfg``; outputs go to ``cfg.save_dir``.
@@ -303,6 +310,7 @@ def train_from_config(cfg: ExperimentConfig, *, task_type: str, gpu: int = 0, re
         class_names=class_names, dataset=cfg.data.dataset_name, find_unused_parameters=False,
         compile=bool((extra_args or {}).get("compile", False)), channels_last=(extra_args or {}).get("channels_last"),
         warnings=warnings,
+        preprocessing=preprocessing_from_config(cfg, mean, std, class_names),
     )
     recorder = evaluation_recorder(cfg, train_ds, eval_ds, class_names, cfg.save_dir, is_primary=ctx.is_primary)
     config.recorder = recorder

@@ -78,7 +78,9 @@ def test_readme_step1_classification_and_xgboost(xm_root, tmp_path, monkeypatch)
     ckpts = list((out / "checkpoint").glob("XMNet_Classification_*.pth"))
     assert len(ckpts) == 1
     ck = load_checkpoint(ckpts[0])
-    assert set(ck) == {"net", "test_iou", "Test_acc", "epoch"} and ck["Test_acc"] == metrics["best"]["acc1"]
+    # the original's four entries, plus the flags and preprocessing predict.py rebuilds the model from
+    assert set(ck) == {"net", "test_iou", "Test_acc", "epoch", "args", "preprocessing"}
+    assert ck["Test_acc"] == metrics["best"]["acc1"] and ck["preprocessing"]["paper"] == "xmnet"
     assert not any(k.startswith("module.") for k in ck["net"])
     acc_files = list((out / "results/resnet18/XMNet_Classification").glob("*/model_accuracies.txt"))
     assert len(acc_files) == 1 and "Best_test_acc_BOT" in acc_files[0].read_text()
