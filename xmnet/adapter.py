@@ -97,7 +97,7 @@ class XMNetAdapter(PredictAdapter):
         return result
 
     def cam_layer(self, model: nn.Module) -> nn.Module:
-        return model.features[-1]
+        return model.features.features[-1]  # the last block of the backbone's convolutional part
 
     def attention(self, model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
         att = model(inputs[0]).get("att")
