@@ -6,7 +6,7 @@ Usage::
 
 The paper is read from the checkpoint (its ``preprocessing.paper`` / ``trainer`` record, else its
 layout; ``--paper`` overrides) and its adapter module is imported by name at run time
-(``common.predict.ADAPTER_MODULES``: ``common`` has no static import of a paper). The adapter rebuilds
+(entry-point group ``xray_papers.predict_adapters``: ``common`` has no static import of a paper). The adapter rebuilds
 the model in eval mode (charm_xray: the memory bank and momentum branch as stored; dcal: the inference
 path, without PWCA) and says which tensors it maps to which outputs (dvxray: two inputs; xmnet: the
 classification logits and, when it segments, the vein-mask logits).

@@ -3,8 +3,9 @@
 A paper plugs in through a :class:`PredictAdapter` (its model builder from a checkpoint's stored
 arguments, class names, preprocessing, which layer Grad-CAM uses, its own attention map, what to
 export), registered with :func:`register_adapter` by the paper's ``<paper>/adapter.py``. ``common``
-never imports a paper statically: :data:`ADAPTER_MODULES` names each paper's adapter module as a string,
-imported at run time (by :func:`get_adapter`) when a checkpoint or a command asks for that paper.
+never imports a paper statically: each paper declares its adapter in pyproject.toml (entry-point group
+``xray_papers.predict_adapters``, see :mod:`common.entry_points`), imported at run time (by
+:func:`get_adapter`) when a checkpoint or a command asks for that paper.
 
 What :func:`predict_main` does for ``predict.py --checkpoint C --images DIR|LIST|CSV --output OUT.csv``:
 
@@ -45,18 +46,19 @@ from tqdm import tqdm
 
 from common.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text
 from common.data.errors import DataError
+from common.entry_points import declared
 from common.preprocessing import ImageFacts, Preprocessing, decode_image, input_range_warning, to_input
 
 _logger = logging.getLogger(__name__)
 
-#: paper name -> the module whose import registers its adapter (imported by name, at run time only)
-ADAPTER_MODULES: dict[str, str] = {
-    "dvxray": "dvxray.adapter",
-    "charm_xray": "charm_xray.adapter",
-    "cxrlt": "cxrlt.adapter",
-    "xmnet": "xmnet.adapter",
-    "dcal": "dcal.adapter",
-}
+ADAPTER_GROUP = "xray_papers.predict_adapters"
+
+
+def adapter_modules() -> dict[str, str]:
+    """paper name -> the module whose import registers its adapter (declared in pyproject.toml)."""
+    return {paper: spec.partition(":")[0] for paper, spec in sorted(declared(ADAPTER_GROUP).items())}
+
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm")
 TASKS = ("multilabel", "multiclass", "reid")
 SKIPPED = "skipped"
@@ -164,11 +166,12 @@ def register_adapter(adapter: PredictAdapter) -> PredictAdapter:
 
 
 def get_adapter(paper: str) -> PredictAdapter:
-    """The adapter of ``paper``, importing its module (:data:`ADAPTER_MODULES`) by name when needed."""
+    """The adapter of ``paper``, importing its declared module (:func:`adapter_modules`) when needed."""
     if paper not in _ADAPTERS:
-        module = ADAPTER_MODULES.get(paper)
+        modules = adapter_modules()
+        module = modules.get(paper)
         if module is None:
-            raise ValueError(f"unknown paper '{paper}' (choose from {', '.join(ADAPTER_MODULES)})")
+            raise ValueError(f"unknown paper '{paper}' (choose from {', '.join(modules)})")
         importlib.import_module(module)
         if paper not in _ADAPTERS:
             raise ValueError(f"{module} did not register a predict adapter for '{paper}'")
@@ -196,13 +199,14 @@ def paper_of_checkpoint(path: str | Path) -> str:
     if isinstance(prep, Mapping) and prep.get("paper"):
         return str(prep["paper"])
     trainer = ckpt.get("trainer")
-    if isinstance(trainer, str) and trainer.split("/")[0] in ADAPTER_MODULES:
+    papers = adapter_modules()
+    if isinstance(trainer, str) and trainer.split("/")[0] in papers:
         return trainer.split("/")[0]
-    for paper in ADAPTER_MODULES:
+    for paper in papers:
         if get_adapter(paper).recognises(ckpt):
             return paper
     raise CheckpointError(f"{path}: cannot tell which paper's code wrote this checkpoint (no 'preprocessing' or "
-                          f"'trainer' entry, layout not recognised); pass --paper ({', '.join(ADAPTER_MODULES)})")
+                          f"'trainer' entry, layout not recognised); pass --paper ({', '.join(papers)})")
 
 
 def _json_field(text: Any, key: str) -> Any:
