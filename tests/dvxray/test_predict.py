@@ -4,6 +4,7 @@ preprocessing recorded by main_finetune.py, corrupt image, refusal, resume, expl
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 
 import numpy as np
@@ -135,3 +136,23 @@ def test_demo_command_from_the_data_folder(dv_run, dvxray_data, tmp_path, monkey
     status = tmp_path / "status.tsv"
     status.write_text(f"dvxray\tpassed\t1\tbash dvxray/demo.sh\t{tmp_path / 'run'}\n")
     assert str(out.parent / "predictions_explain") in summary(status)
+
+
+def test_threshold_val_uses_what_common_thresholds_fitted(dv_run, dvxray_data, tmp_path):
+    # the chain a user runs: train -> python -m common.thresholds RUN_DIR -> predict.py --threshold val
+    from common.thresholds import main as thresholds_main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(dv_run.parent, run_dir)
+    assert thresholds_main([str(run_dir), "--method", "f1"]) == 0
+    fitted = json.loads((run_dir / "thresholds.json").read_text())["thresholds"]
+    classes = (dvxray_data / "annotations" / "classes.txt").read_text().split()
+    assert list(fitted) == classes
+    lst = tmp_path / "pairs.txt"
+    lst.write_text("".join(f"{a} {b}\n" for a, b in _pairs(dvxray_data, 4)))
+    table = predict.main(argparse.ArgumentParser(parents=[predict.get_args_parser()]).parse_args(
+        ["--checkpoint", str(run_dir / "checkpoint_best.pth"), "--images", str(lst), "--output",
+         str(tmp_path / "p.csv"), "--device", "cpu", "--threshold", "val"]))
+    for _, row in table.iterrows():
+        want = ";".join(c for c in classes if float(row[c]) >= fitted[c])
+        assert row["predicted"] == want
