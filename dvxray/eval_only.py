@@ -5,6 +5,11 @@ prints parameter counts and appends a row ``checkpoint_path, fuse_mode, head_typ
 total_params_M, trainable_params_M, mAP, f1_micro, f1_macro, accuracy_micro, AP_<class>...`` to
 ``--output_csv``. Use ``--val_list annotations/DvXray_test.txt`` for test numbers.
 
+The evaluation is also a run folder (``--output_dir``, default ``eval_<list name>/`` next to the
+checkpoint) that ``python -m common.compare`` reads: ``metrics.json`` (``final``), ``predictions.csv``
+(the evaluated list's per-class probabilities) and ``split_manifest.json`` (the checkpoint's training list
+and the evaluated list, with their overlap check).
+
 Differences: without ``--output_csv`` the row goes to ``eval_<list name>.csv`` next to the checkpoint
 (the original then wrote nothing); the CoordAtt-U signal state saved in the checkpoint is restored
 (``--restore_signal false`` evaluates like the original, whose fresh process had no signal and so
@@ -17,16 +22,18 @@ stay at their initial values (as there).
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from common.checkpoint import CheckpointError, load_checkpoint
+from common.checkpoint import CheckpointError, atomic_write_text, load_checkpoint
 from common.cli import run_main, str2bool
 from common.dist import init_distributed
-from common.engine import build_loader, evaluate
-from common.run import CsvLog, setup_logging
+from common.engine import build_loader, collect_outputs
+from common.predictions import PredictionWriter, loader_order, relative_id, start_recording
+from common.run import CsvLog, setup_logging, to_plain
 from dvxray.datasets import build_dataset, read_classes
 from dvxray.engine_finetune import DvXrayTask, build_model_from_args, count_params, make_metric_fn
 from dvxray.main_finetune import get_args_parser as get_finetune_parser
@@ -41,6 +48,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda", type=str, help="device; cuda without a GPU falls back to CPU (default: cuda)")
     p.add_argument("--output_csv", default=None, type=str,
                    help="CSV to append to (default: eval_<list name>.csv next to the checkpoint)")
+    p.add_argument("--output_dir", default=None, type=str,
+                   help="folder for metrics.json, predictions.csv and split_manifest.json (default: "
+                        "eval_<list name>/ next to the checkpoint)")
     p.add_argument("--data_root", default=None, type=str, help="image root for relative list paths (default: the checkpoint's --data_root)")
     p.add_argument("--use_ema", default=True, type=str2bool, help="use the EMA weights when the checkpoint has them (default: true)")
     p.add_argument("--restore_signal", default=True, type=str2bool,
@@ -107,10 +117,26 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     class_names = read_classes(train_args["classes_file"], train_args["num_classes"])
     dataset = build_dataset(val_list, num_classes=train_args["num_classes"], train=False,
                             input_size=train_args["input_size"], data_root=data_root)
+    out_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent / f"eval_{Path(val_list).stem}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ids_eval = [relative_id(r.paths[0], data_root) for r in dataset.records]
+    splits = {"eval": {"ids": ids_eval}}
+    train_list = train_args.get("train_list")
+    if train_list and Path(train_list).is_file():  # the training images must not be among those scored
+        train_set = build_dataset(train_list, num_classes=train_args["num_classes"], train=False,
+                                  input_size=train_args["input_size"], data_root=data_root)
+        splits = {"train": {"ids": [relative_id(r.paths[0], data_root) for r in train_set.records]}, **splits}
+    recorder = start_recording(out_dir, splits, writer=PredictionWriter(ids_eval, class_names=class_names),
+                               protocol="official", dataset="dvxray", is_primary=ctx.is_primary)
     loader = build_loader(dataset, args.batch_size, train=False, ctx=ctx, num_workers=args.num_workers)
     task = DvXrayTask(model, criterion=None).to(ctx.device)
-    metrics = evaluate(task.model, loader, predict_fn=task.predict,
-                       metric_fn=make_metric_fn(train_args["eval_threshold"], class_names), ctx=ctx)
+    outputs = collect_outputs(task.model, loader, predict_fn=task.predict, ctx=ctx)
+    metrics = make_metric_fn(train_args["eval_threshold"], class_names)(outputs)
+    if ctx.is_primary:
+        recorder.save(out_dir, outputs, loader_order(loader, ctx))
+        summary = {"checkpoint": str(args.checkpoint), "eval_list": str(val_list), "dataset": "dvxray",
+                   "class_names": list(class_names), "final": metrics, **recorder.metrics_entries()}
+        atomic_write_text(json.dumps(to_plain(summary), indent=2) + "\n", out_dir / "metrics.json")
     print(f"[eval] {val_list}: mAP {metrics['mAP']:.4f}  f1_micro {metrics['f1_micro']:.4f}  "
           f"f1_macro {metrics['f1_macro']:.4f}  acc {metrics['acc1']:.4f}")
     if ctx.is_primary:
@@ -124,7 +150,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                "f1_macro": f"{metrics['f1_macro']:.4f}", "accuracy_micro": f"{metrics['acc1']:.4f}"}
         row.update({f"AP_{c.replace(' ', '_')}": f"{a:.4f}" for c, a in zip(class_names, metrics["per_class_ap"])})
         CsvLog(out_csv, columns).append(row)
-        print(f"[eval] row appended to {out_csv}")
+        print(f"[eval] row appended to {out_csv}; metrics.json, predictions.csv, split_manifest.json in {out_dir}")
     return metrics
 
 

@@ -65,6 +65,19 @@ def test_paper_setting_runs_and_writes_original_outputs(dvxray_data, tmp_path):
     assert ev["mAP"] == pytest.approx(metrics["best"]["mAP_ema"], abs=1e-6)
     row = list(csv.DictReader(open(out / "eval_DvXray_val.csv")))[0]
     assert float(row["mAP"]) == pytest.approx(ev["mAP"], abs=1e-4) and "AP_Pressure_vessel" in row
+    # ... and leaves a run folder: predictions.csv that reproduces its mAP, the split manifest and check
+    from common.metrics import mean_average_precision
+    from common.predictions import read_predictions, read_split_manifest
+
+    ev_dir = out / "eval_DvXray_val"
+    summary = json.loads((ev_dir / "metrics.json").read_text())
+    assert summary["final"]["mAP"] == pytest.approx(ev["mAP"], abs=1e-12)
+    n_val = len((dvxray_data / "annotations" / "DvXray_val.txt").read_text().split("\n")) - 1
+    assert summary["predictions"]["predictions.csv"]["rows"] == n_val
+    pred = read_predictions(ev_dir / "predictions.csv")
+    assert mean_average_precision(pred.probs, pred.targets)[0] == pytest.approx(ev["mAP"], abs=1e-9)
+    manifest = read_split_manifest(ev_dir / "split_manifest.json")
+    assert set(manifest["splits"]) == {"train", "eval"} and summary["split_check"]["ok"]
 
 
 def test_resume_equals_uninterrupted_training(dvxray_data, tmp_path):
