@@ -306,7 +306,8 @@ def export_checkpoint(checkpoint: str | Path, *, fmt: str, out: str | Path, pape
                         inputs={f"random inputs (batch {batch + 1})": random, f"{what} (batch {batch})": real}, tolerance=tolerance, log=log)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def get_args_parser() -> argparse.ArgumentParser:
+    """The ``python -m common.export`` parser."""
     parser = argparse.ArgumentParser("python -m common.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a run's checkpoint or a weights-only safetensors")
     parser.add_argument("--format", choices=FORMATS, required=True,
@@ -320,7 +321,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=TOLERANCE,
                         help=f"largest allowed max abs difference to PyTorch (default: {TOLERANCE:g})")
     parser.add_argument("--batch", type=int, default=2, help="batch size of the check inputs (default: 2)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     try:
         diffs = export_checkpoint(args.checkpoint, fmt=args.format, out=args.out, paper=args.paper,
                                   images=args.images, tolerance=args.tolerance, batch=args.batch)
