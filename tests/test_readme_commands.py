@@ -35,7 +35,7 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,18 +89,26 @@ def shell_blocks(text: str) -> list[tuple[int, list[tuple[int, str]]]]:
     return blocks
 
 
-def split_commands(readme: str, lines: list[tuple[int, str]]) -> list[Command]:
-    """The block's commands: continuations joined, comments dropped, split at ``|``, ``&&``, ``||``, ``;``."""
-    commands = []
+def joined_lines(lines: Iterable[tuple[int, str]], *, skip_comments: bool = False) -> Iterator[tuple[int, str]]:
+    """(first line number, logical line) with backslash continuations joined; ``skip_comments`` drops
+    blank and comment lines (also inside a continuation, as Docker does)."""
     buffer, first = "", 0
     for number, line in lines:
+        if skip_comments and (not line.strip() or line.lstrip().startswith("#")):
+            continue
         if not buffer:
             first = number
         if line.rstrip().endswith("\\"):
             buffer += line.rstrip()[:-1] + " "
             continue
-        buffer += line
-        logical, buffer = buffer, ""
+        yield first, buffer + line
+        buffer = ""
+
+
+def split_commands(readme: str, lines: list[tuple[int, str]]) -> list[Command]:
+    """The block's commands: continuations joined, comments dropped, split at ``|``, ``&&``, ``||``, ``;``."""
+    commands = []
+    for first, logical in joined_lines(lines):
         lexer = shlex.shlex(logical, posix=True, punctuation_chars=";&|")
         lexer.whitespace_split = True
         lexer.commenters = "#"
@@ -513,21 +521,11 @@ def _show(path: str) -> str:
 
 def dockerfile_instructions(path: Path) -> list[tuple[int, str, str]]:
     """(line, INSTRUCTION, arguments) with continuations joined and comments dropped."""
-    out, buffer, first = [], "", 0
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not buffer and (not line.strip() or line.lstrip().startswith("#")):
-            continue
-        if buffer and line.lstrip().startswith("#"):
-            continue
-        if not buffer:
-            first = number
-        if line.rstrip().endswith("\\"):
-            buffer += line.rstrip()[:-1] + " "
-            continue
-        buffer += line
-        word, _, args = buffer.strip().partition(" ")
+    out = []
+    for first, logical in joined_lines(enumerate(path.read_text(encoding="utf-8").splitlines(), 1),
+                                       skip_comments=True):
+        word, _, args = logical.strip().partition(" ")
         out.append((first, word.upper(), args.strip()))
-        buffer = ""
     return out
 
 

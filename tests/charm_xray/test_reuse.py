@@ -11,9 +11,9 @@ import pytest
 import charm_xray.engine_charm as engine_charm
 import common.engine
 from charm_xray import pipeline
-from charm_xray.train import check_args, get_args_parser
 from common.fingerprint import FINGERPRINT_FILE, FingerprintMismatch
 from common.synth import chestxray14 as synth
+from tests.charm_xray.helpers import parse_train_args
 
 FAST = ["--model_name", "resnet18", "--image_size", "32", "--batch_size_phase1", "8", "--batch_size_phase2", "8",
         "--batch_size_test", "8", "--amp", "none", "--num_workers", "0", "--no_progress", "--plots", "false",
@@ -27,11 +27,7 @@ def data(tmp_path_factory):
     return root
 
 
-def _args(argv):
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    check_args(parser, args)
-    return args
+_args = parse_train_args
 
 
 class _NoWork:

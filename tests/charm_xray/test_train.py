@@ -12,9 +12,9 @@ import torch
 
 import common.engine
 from charm_xray import pipeline
-from charm_xray.train import check_args, get_args_parser
 from common.checkpoint import load_checkpoint
 from common.synth import chestxray14 as synth
+from tests.charm_xray.helpers import parse_train_args
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--model_name", "resnet18", "--image_size", "32", "--batch_size_phase1", "8", "--batch_size_phase2", "8",
@@ -29,11 +29,7 @@ def data(tmp_path_factory):
     return root
 
 
-def _args(argv):
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    check_args(parser, args)
-    return args
+_args = parse_train_args
 
 
 def _run(cmd, cwd):
