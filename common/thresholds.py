@@ -18,6 +18,10 @@ thresholds by class, and the report), ``reliability.png`` and a ``thresholds`` s
   100,1000) also head / medium / tail means by the training frequency of each class (``train_class_counts``
   in metrics.json): head > HIGH training positives, tail < LOW, medium between.
 
+A single-label run (xmnet, dcal FGVC: the arg-max decides) gets no thresholds but the top-1
+calibration report: ``calibration.json`` (top-1 accuracy, mean confidence, ECE over the top-class
+confidence), ``reliability.png`` and ``calibration`` in metrics.json.
+
 ``load_thresholds(run_dir_or_checkpoint)`` reads them back (a run folder, its ``thresholds.json``, a
 checkpoint beside one, or a safetensors export carrying them in its metadata) for ``predict.py
 --threshold val``.
@@ -46,6 +50,7 @@ from common.run import to_plain
 
 THRESHOLDS_FILE = "thresholds.json"
 RELIABILITY_FILE = "reliability.png"
+CALIBRATION_FILE = "calibration.json"  # single-label runs: the top-1 calibration report (no thresholds)
 METHODS = ("f1", "youden", "sensitivity=X")
 #: safetensors metadata key holding thresholds.json's content
 METADATA_KEY = "thresholds"
@@ -217,9 +222,10 @@ def fit_run(run_dir: str | Path, method: str = "f1", *, n_bins: int = 15,
     if not fitted_on.is_file():
         raise ThresholdError(f"{run}: neither {VAL_PREDICTIONS_FILE} nor {PREDICTIONS_FILE} (run an evaluation first)")
     val = read_predictions(fitted_on)
-    if not isinstance(val, Predictions) or not val.multilabel:
-        raise ThresholdError(f"{fitted_on}: per-class thresholds apply to multi-label predictions (target_<class> "
-                             "columns); single-label and re-ID runs take the arg-max / the ranking")
+    if not isinstance(val, Predictions):
+        raise ThresholdError(f"{fitted_on}: re-ID predictions are a ranking; there is nothing to threshold")
+    if not val.multilabel:
+        return _calibrate_single_label(run, test_path if test_path.is_file() else fitted_on, n_bins)
     thresholds, skipped = fit_thresholds(val.probs, val.targets, method)
     evaluated = read_predictions(test_path) if test_path.is_file() else val
     if list(evaluated.class_names) != list(val.class_names):
@@ -245,6 +251,28 @@ def fit_run(run_dir: str | Path, method: str = "f1", *, n_bins: int = 15,
         metrics["thresholds"] = {"file": THRESHOLDS_FILE, "method": method, "fitted_on": fitted_on.name,
                                  "ece": rep["ece"], "macro_f1_at_thresholds": rep["macro"]["f1"],
                                  "reliability_diagram": RELIABILITY_FILE}
+        atomic_write_text(json.dumps(metrics, indent=2) + "\n", metrics_path)
+    return out
+
+
+def _calibrate_single_label(run: Path, evaluated_path: Path, n_bins: int) -> dict[str, Any]:
+    """A single-label run (the arg-max decides, no per-class threshold): the top-1 calibration report,
+    ``calibration.json``, ``reliability.png`` and a ``calibration`` summary in metrics.json."""
+    preds = read_predictions(evaluated_path)
+    curve = reliability_curve(preds.probs, preds.targets, n_bins)
+    top1 = float((preds.probs.argmax(axis=1) == preds.targets).mean())
+    rep = {"evaluated_on": evaluated_path.name, "ece": curve["ece"], "top1_accuracy": top1,
+           "mean_confidence": float(preds.probs.max(axis=1).mean()), "reliability": curve}
+    out = {"format": 1, "method": "top-1 calibration", "fitted_on": None, "thresholds": None,
+           "note": "single-label predictions: the arg-max decides, so no per-class thresholds are fitted; "
+                   "the report is the top-1 calibration", "class_names": list(preds.class_names), "report": rep}
+    atomic_write_text(json.dumps(to_plain(out), indent=2) + "\n", run / CALIBRATION_FILE)
+    plot_reliability(curve, run / RELIABILITY_FILE, title=f"{run.name}: top-1 reliability on {evaluated_path.name}")
+    metrics_path = run / "metrics.json"
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        metrics["calibration"] = {"file": CALIBRATION_FILE, "ece_top1": curve["ece"], "reliability_diagram":
+                                  RELIABILITY_FILE}
         atomic_write_text(json.dumps(metrics, indent=2) + "\n", metrics_path)
     return out
 
@@ -314,6 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"thresholds: error: {exc}", file=sys.stderr)
         return 2
     rep = out["report"]
+    if out["thresholds"] is None:  # single-label
+        print(f"{out['note']}: top-1 accuracy {rep['top1_accuracy']:.4f}, mean confidence "
+              f"{rep['mean_confidence']:.4f}, ECE {rep['ece']:.4f} on {rep['evaluated_on']}")
+        print(f"wrote {Path(args.run_dir) / CALIBRATION_FILE} and {Path(args.run_dir) / RELIABILITY_FILE}")
+        return 0
     print(f"thresholds ({out['method']}) fitted on {out['fitted_on']}, scored on {rep['evaluated_on']}: "
           f"macro P {rep['macro']['precision']:.4f} R {rep['macro']['recall']:.4f} F1 {rep['macro']['f1']:.4f}, "
           f"ECE {rep['ece']:.4f}")

@@ -75,3 +75,29 @@ def test_fit_run_on_validation_then_report_on_test(tmp_path):
     assert load_thresholds(tmp_path) == out["thresholds"]
     with pytest.raises(ThresholdError, match="common.thresholds RUN_DIR first"):
         load_thresholds(tmp_path / "other_run" / "checkpoint_best.pth")
+
+
+def test_single_label_run_gets_the_top1_calibration_report(tmp_path):
+    # xmnet / dcal FGVC: the arg-max decides, so no thresholds; the report is the top-1 calibration. A
+    # model whose top-class confidence c is right with probability c is calibrated: ECE near 0.
+    rng = np.random.default_rng(2)
+    n, k = 20_000, 4
+    conf = rng.uniform(0.3, 1.0, n)
+    top = rng.integers(0, k, n)
+    probs = np.full((n, k), 0.0)
+    probs[np.arange(n), top] = conf
+    for j in range(n):  # the rest of the mass below the top class
+        others = [c for c in range(k) if c != top[j]]
+        probs[j, others] = (1 - conf[j]) / (k - 1)
+    right = rng.random(n) < conf
+    target = np.where(right, top, (top + 1 + rng.integers(0, k - 1, n)) % k)
+    (tmp_path / "predictions.csv").write_text(predictions_csv_text([f"s{i}" for i in range(n)], target, probs,
+                                                                   class_names=list("abcd")))
+    (tmp_path / "metrics.json").write_text(json.dumps({"best": {}}))
+    out = fit_run(tmp_path, "f1")
+    assert out["thresholds"] is None and "arg-max" in out["note"]
+    rep = out["report"]
+    assert rep["ece"] < 0.02 and rep["top1_accuracy"] == pytest.approx(right.mean())
+    assert rep["mean_confidence"] == pytest.approx(conf.mean())
+    assert (tmp_path / "calibration.json").is_file() and (tmp_path / "reliability.png").stat().st_size > 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["calibration"]["ece_top1"] == rep["ece"]
