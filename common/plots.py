@@ -209,16 +209,20 @@ def save_overlay_grid(rows: Sequence[Sequence[tuple[Any, Any, str]]], out: str |
     import torch.nn.functional as F
 
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    # a 2.6-inch panel holds about 44 characters at font size 7: wrap longer caption lines so
-    # neighbouring captions never run into each other
-    rows = [[(img, heat, "\n".join(textwrap.fill(line, 44) for line in str(cap).split("\n")))
+    first = np.asarray(rows[0][0][0])
+    panel_h = 2.0 * min(2.5, max(0.5, first.shape[0] / first.shape[1]))  # panels about as tall as the images
+    # a caption line may be as wide as the image it stands over: at most ~2.2 of the 2.6-inch column, a
+    # square image only panel_h, and about 0.8 of that once the colour bar and spacing take their share;
+    # about 0.06 inch per character at font size 7. Longer lines are wrapped so that neighbouring
+    # captions never run into each other
+    image_w = 0.8 * min(2.2, panel_h * first.shape[1] / first.shape[0])
+    chars = max(16, int(image_w / 0.06))
+    rows = [[(img, heat, "\n".join(textwrap.fill(line, chars) for line in str(cap).split("\n")))
              for img, heat, cap in row] for row in rows]
     heading = textwrap.wrap(title, width=max(40, 30 * n_cols))
     # room (inches) for the wrapped title and the tallest caption, so neither runs into a panel
     cap_h = 0.04 + 0.13 * max(str(p[2]).count("\n") + 1 for r in rows for p in r)
     head_h = 0.2 + 0.16 * len(heading)
-    first = np.asarray(rows[0][0][0])
-    panel_h = 2.0 * min(2.5, max(0.5, first.shape[0] / first.shape[1]))  # panels about as tall as the images
     height = n_rows * (panel_h + cap_h) + head_h + 0.2
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, height), squeeze=False)
     fig.subplots_adjust(top=1 - (head_h + cap_h) / height, bottom=0.2 / height, hspace=cap_h / panel_h)
@@ -239,7 +243,9 @@ def save_overlay_grid(rows: Sequence[Sequence[tuple[Any, Any, str]]], out: str |
                 im = ax.imshow(h, cmap="jet", alpha=0.45, vmin=0, vmax=1)
             ax.set_title(caption, fontsize=7)
     if im is not None:
-        fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.02, label=f"{map_label}, min-max scaled per panel")
+        # two short lines: one long vertical label is taller than a one-row figure and gets clipped
+        bar = fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.02)
+        bar.set_label(f"{map_label}\nmin-max scaled per panel", fontsize=7)
     fig.suptitle("\n".join(heading), fontsize=9, y=1 - 0.1 / height, va="top")
     return save_figure(fig, out, dpi=90)
 

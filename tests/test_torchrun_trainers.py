@@ -33,6 +33,15 @@ def test_dvxray_main_finetune_under_torchrun(tmp_path):
                "--attention_config", '{"N3":"coordatt_u"}', "--base_loss", "mcb_convex"], data, tmp_path)
     m = _metrics(out)
     assert m["epochs_run"] == 1 and 0.0 <= m["best"]["mAP_ema"] <= 1.0
+    # predictions.csv gathered from both ranks: each validation pair once, in the list's order (the
+    # distributed sampler pads and interleaves), and its mAP is the reported one
+    from common.metrics import mean_average_precision
+    from common.predictions import read_predictions
+
+    preds = read_predictions(out / "predictions.csv")
+    listed = [line.split()[0].lstrip("./") for line in (data / "annotations/DvXray_val.txt").read_text().splitlines()]
+    assert [i.lstrip("./") for i in preds.ids] == listed
+    assert mean_average_precision(preds.probs, preds.targets)[0] == pytest.approx(m["best"]["mAP_ema"], abs=1e-5)
 
 
 @pytest.mark.slow
