@@ -33,10 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from common.checkpoint import CheckpointError
-from common.data.errors import DataError
+from common.data.images import load_image
 
 CHANNELS = ("rgb", "gray")
 RESIZES = ("resize", "resize_cv2", "resize_center_crop", "pad_center_crop")
@@ -179,32 +179,25 @@ def decode_image(path: str | Path, prep: Preprocessing) -> tuple[np.ndarray, Ima
     Raises:
         DataError: missing, not an image, or corrupt (the message names the file).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            if mode in _HIGH_MODES:
-                raw = np.asarray(img)
-                if raw.ndim == 3:
-                    raw = raw[..., 0]
-                grey = percentile_rescale(raw) if prep.high_bit_depth == "percentile" else _min_max(raw)
-                arr = np.repeat(grey[..., None], 3, axis=2)
-                colour = False
-            else:
-                raw = None
-                rgb = np.asarray(img.convert("RGB"))
-                colour = mode not in ("L", "1", "LA", "P") and not (
-                    np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
-                if prep.channels == "gray":
-                    grey = np.asarray(img.convert("L"))
-                    arr = np.repeat(grey[..., None], 3, axis=2)
-                else:
-                    arr = rgb
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
+    img = load_image(path, mode=None)  # the file's own pixels; missing / corrupt -> DataError naming it
+    mode = img.mode
+    if mode in _HIGH_MODES:
+        raw = np.asarray(img)
+        if raw.ndim == 3:
+            raw = raw[..., 0]
+        grey = percentile_rescale(raw) if prep.high_bit_depth == "percentile" else _min_max(raw)
+        arr = np.repeat(grey[..., None], 3, axis=2)
+        colour = False
+    else:
+        raw = None
+        rgb = np.asarray(img.convert("RGB"))
+        colour = mode not in ("L", "1", "LA", "P") and not (
+            np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
+        if prep.channels == "gray":
+            grey = np.asarray(img.convert("L"))
+            arr = np.repeat(grey[..., None], 3, axis=2)
+        else:
+            arr = rgb
     values = raw if raw is not None else arr
     lo, hi = float(values.min()), float(values.max())
     low = int(arr.max()) - int(arr.min()) < 8
