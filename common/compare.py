@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from common.bootstrap import bootstrap_predictions, mean_interval
+from common.data.errors import read_json
 from common.predictions import (
     MANIFEST_FILE,
     PREDICTIONS_FILE,
@@ -134,10 +135,7 @@ def read_metrics(run_dir: str | Path) -> tuple[dict[str, Any], Path]:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise CompareError(f"metrics file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise CompareError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    data = read_json(path, error=CompareError)
     if not isinstance(data, dict):
         raise CompareError(f"{path}: top level must be a JSON object")
     return data, path

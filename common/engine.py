@@ -804,7 +804,6 @@ def entry_point() -> str | None:
     return rel.as_posix()
 
 
-# flags that may differ between a run and its resumption without changing what the checkpoint holds
 # arguments that name where a run lives, how long it goes on, or how fast it computes the same maths:
 # a checkpoint written with other values of these resumes (any other difference is refused)
 _RUN_ONLY_ARGS = frozenset({

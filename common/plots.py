@@ -20,7 +20,6 @@ name on the run's path that is a registry paper. Errors are one line on stderr, 
 from __future__ import annotations
 
 import csv
-import json
 import math
 import sys
 import textwrap
@@ -304,10 +303,9 @@ def plot_run(run_dir: str | Path, *, paper: str | None = None, overlays: bool = 
         raise PlotError(f"run folder not found: {run}")
     metrics: dict[str, Any] = {}
     if (run / "metrics.json").is_file():
-        try:
-            metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise PlotError(f"{run / 'metrics.json'}:{err.lineno}: invalid JSON ({err.msg})") from None
+        from common.data.errors import read_json  # common.data imports torch; this module stays light
+
+        metrics = read_json(run / "metrics.json", error=PlotError)
     paper = paper or _guess_paper(run, metrics)
     title = f"{paper or 'run'} {run.name}"
     written: list[Path] = []

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from common.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text
-from common.data.errors import DataError
+from common.data.errors import DataError, read_json
 from common.entry_points import declared
 from common.preprocessing import ImageFacts, Preprocessing, decode_image, input_range_warning, to_input
 
@@ -342,11 +342,7 @@ def read_thresholds(loaded: LoadedModel) -> np.ndarray:
             places.append(folder / "thresholds.json")
     for place in places:
         if place.is_file():
-            try:
-                obj = json.loads(place.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{place}:{err.lineno}: invalid JSON ({err.msg})") from None
-            return parse_thresholds(obj, names, str(place))
+            return parse_thresholds(read_json(place, error=ValueError), names, str(place))
     raise ValueError(f"--threshold val: no per-class thresholds are stored with {loaded.source} (looked in its "
                      f"metadata and {', '.join(str(p) for p in places)}); fit them on the validation predictions "
                      "with `python -m common.thresholds RUN_DIR`, or pass a number")

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from common.checkpoint import atomic_write_bytes, atomic_write_text
+from common.data.errors import read_json
 
 _logger = logging.getLogger(__name__)
 
@@ -139,10 +140,7 @@ def read_split_manifest(path: str | Path) -> dict[str, Any]:
         path = path / MANIFEST_FILE
     if not path.is_file():
         raise PredictionsError(f"split manifest not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise PredictionsError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    data = read_json(path, error=PredictionsError)
     if not isinstance(data, dict) or not isinstance(data.get("splits"), dict):
         raise PredictionsError(f"{path}: not a split manifest (no 'splits' object)")
     return data

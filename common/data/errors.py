@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 
 class DataError(ValueError):
@@ -18,3 +20,12 @@ class ParseError(DataError):
         self.message = message
         where = f"{self.source}:{line}" if line is not None else self.source
         super().__init__(f"{where}: {message}")
+
+
+def read_json(path: str | Path, *, error: type[Exception] = DataError) -> Any:
+    """The JSON content of ``path``; invalid JSON raises ``error`` as ``file:line: invalid JSON (why)``."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise error(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
